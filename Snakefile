@@ -1,0 +1,21 @@
+# promptcl: training prompts as a first-class, state-adaptive variable in continual LoRA fine-tuning.
+# Wiring only: every stage lives in rules/<stage>.smk, its script in workflow_scripts/.
+
+from pathlib import Path
+
+
+configfile: Path(workflow.basedir) / "config" / "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/prepare_model.smk"
+include: "rules/prepare_tasks.smk"
+include: "rules/evaluate.smk"
+include: "rules/train.smk"
+include: "rules/aggregate.smk"
+
+
+rule all:
+    input:
+        all_targets,
+    default_target: True

@@ -1,0 +1,14 @@
+rule prepare_model:
+    """The configured base model as an ordinary Hugging Face folder (converted or linked)."""
+    output:
+        model=directory(MODEL_DIR),
+        manifest=f"{RESULTS}/model/manifest.json",
+    params:
+        model=model_source_params(),
+    log:
+        f"{RESULTS}/logs/model/prepare_model.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/model/prepare_model.tsv"
+    threads: config["compute"]["threads"]
+    script:
+        "../workflow_scripts/prepare_model.py"

@@ -1,0 +1,27 @@
+rule train_stage:
+    """Stage k of a run: a new LoRA on task k over the frozen LoRAs of stages < k (IncLoRA).
+
+    Resumable checkpoints live in results/<run>/stage_<k>/state/, which is deliberately not a
+    declared output (Snakemake deletes declared outputs before a job restarts)."""
+    input:
+        model=MODEL_DIR,
+        train=stage_train_table,
+        previous=earlier_adapters,
+    output:
+        adapter=directory(f"{RESULTS}/{{run}}/stage_{{stage}}/adapter"),
+        train_log=f"{RESULTS}/{{run}}/stage_{{stage}}/train_log.parquet",
+    params:
+        stage=stage_params,
+        task=stage_task,
+        model=model_params(),
+        prompt=config["prompt"],
+        lora=config["lora"],
+        training=config["training"],
+        state_dir=f"{RESULTS}/{{run}}/stage_{{stage}}/state",
+    log:
+        f"{RESULTS}/logs/{{run}}/stage_{{stage}}/train.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{run}}/stage_{{stage}}/train.tsv"
+    threads: config["compute"]["threads"]
+    script:
+        "../workflow_scripts/train_stage.py"

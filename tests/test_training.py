@@ -1,0 +1,165 @@
+"""IncLoRA stage training, adapter stacking and resume on a tiny random model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+
+from promptcl.modeling import adapter_name, load_base_model, load_state
+from promptcl.prompting import IGNORE_INDEX, PromptFormat
+from promptcl.training import (
+    LoraSpec,
+    PadCollator,
+    TrainSpec,
+    build_stage_model,
+    encode_table,
+    save_adapter,
+    train_stage,
+)
+
+FMT = PromptFormat()
+LORA = LoraSpec(r=4, alpha=16, dropout=0.0, target_modules=("q_proj", "v_proj"))
+
+
+def _table(n: int, label: str) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "id": [f"x{i}" for i in range(n)],
+            "input": [f"sentence number {i} about things" for i in range(n)],
+            "references": [[label]] * n,
+            "instruction": ["Say the label."] * n,
+            "suffix": ["Answer yes or no."] * n,
+            "labels": [["yes", "no"]] * n,
+        }
+    )
+
+
+def _spec(tmp: Path, **kw) -> TrainSpec:
+    base = dict(epochs=1, learning_rate=5e-3, batch_size=4, save_steps=2, logging_steps=1)
+    base.update(kw)
+    return TrainSpec(**base, seed=0, precision="fp32")
+
+
+def _train(model_dir, tokenizer, prev, stage, out_root: Path, label: str, **kw) -> Path:
+    model = build_stage_model(model_dir, prev, LORA, stage)
+    examples = encode_table(tokenizer, FMT, _table(8, label), max_length=128)
+    result = train_stage(
+        model, tokenizer, examples, _spec(out_root, **kw), out_root / f"state{stage}"
+    )
+    out = out_root / f"adapter{stage}"
+    save_adapter(model, adapter_name(stage), out, str(model_dir))
+    (out_root / f"log{stage}.json").write_text(json.dumps(result.info, default=str))
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_stages(tiny_model_dir, tiny_tokenizer, tmp_path_factory):
+    root = tmp_path_factory.mktemp("stages")
+    a1 = _train(tiny_model_dir, tiny_tokenizer, [], 1, root, "yes")
+    a2 = _train(tiny_model_dir, tiny_tokenizer, [a1], 2, root, "no")
+    return root, a1, a2
+
+
+def test_collator_masks_padding_and_prompt(tiny_tokenizer):
+    examples = encode_table(
+        tiny_tokenizer, FMT, _table(2, "yes").assign(input=["a", "b c d e"]), 128
+    )
+    for ex in examples:
+        answer = [t for t in ex["labels"] if t != IGNORE_INDEX]
+        assert tiny_tokenizer.decode(answer) == "yes<|im_end|>"
+    batch = PadCollator(tiny_tokenizer.pad_token_id)(examples)
+    short = int(batch["attention_mask"][0].sum())
+    assert short < batch["input_ids"].shape[1]
+    assert (batch["labels"][0, short:] == IGNORE_INDEX).all()
+
+
+def test_only_the_new_lora_trains(tiny_model_dir, two_stages):
+    _, a1, _ = two_stages
+    model = build_stage_model(tiny_model_dir, [a1], LORA, 2)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".stage_2." in n and ".lora_" in n for n in trainable)
+    assert model.base_model.active_adapters == ["stage_1", "stage_2"]
+
+
+def test_adapter_folder_is_standard_peft(tiny_model_dir, two_stages):
+    _, a1, _ = two_stages
+    assert (a1 / "adapter_config.json").is_file() and (a1 / "adapter_model.safetensors").is_file()
+    model = PeftModel.from_pretrained(load_base_model(tiny_model_dir), str(a1))
+    assert any("lora_A" in n for n, _ in model.named_parameters())
+    config = json.loads((a1 / "adapter_config.json").read_text())
+    assert config["r"] == 4 and config["lora_alpha"] == 16
+
+
+def _merged_reference(model_dir: Path, adapters: list[Path]) -> torch.nn.Module:
+    """Base weights + Σ_k (alpha_k / r_k) B_k A_k, computed by hand from the adapter files."""
+    base = load_base_model(model_dir)
+    params = dict(base.named_parameters())
+    with torch.no_grad():
+        for adapter in adapters:
+            cfg = json.loads((adapter / "adapter_config.json").read_text())
+            scale = cfg["lora_alpha"] / cfg["r"]
+            weights = load_file(str(adapter / "adapter_model.safetensors"))
+            for key, a in weights.items():
+                if ".lora_A." not in key:
+                    continue
+                b = weights[key.replace(".lora_A.", ".lora_B.")]
+                target = key.split("base_model.model.", 1)[1].replace(".lora_A.weight", ".weight")
+                params[target] += scale * (b @ a)
+    return base.eval()
+
+
+def test_stacked_state_equals_merged_deltas(tiny_model_dir, tiny_tokenizer, two_stages):
+    _, a1, a2 = two_stages
+    ids = torch.tensor([tiny_tokenizer("hello there, general kenobi")["input_ids"]])
+    stacked = load_state(tiny_model_dir, [a1, a2])
+    reference = _merged_reference(tiny_model_dir, [a1, a2])
+    base = load_state(tiny_model_dir)
+    with torch.no_grad():
+        got, want, plain = stacked(ids).logits, reference(ids).logits, base(ids).logits
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(got, plain, atol=1e-3), "the adapters must change the logits"
+    # a wrong scaling (e.g. alpha of the default config, or only the last adapter) is caught
+    only_last = _merged_reference(tiny_model_dir, [a2])
+    with torch.no_grad():
+        assert not torch.allclose(got, only_last(ids).logits, atol=1e-4)
+
+
+def test_training_lowers_loss_and_logs_steps(two_stages):
+    root, _, _ = two_stages
+    info = json.loads((root / "log1.json").read_text())
+    assert info["steps"] == 2 and info["examples"] == 8 and info["tokens"] > 0
+
+
+def test_resume_from_checkpoint_gives_same_adapter(tiny_model_dir, tiny_tokenizer, tmp_path):
+    """An interrupted stage resumed from its checkpoint ends with the uninterrupted adapter."""
+    full = _train(tiny_model_dir, tiny_tokenizer, [], 1, tmp_path / "full", "yes", max_steps=4)
+    # interrupted run: stop after 2 steps (a checkpoint at step 2), then resume to 4
+    part = tmp_path / "part"
+    model = build_stage_model(tiny_model_dir, [], LORA, 1)
+    examples = encode_table(tiny_tokenizer, FMT, _table(8, "yes"), 128)
+    from transformers import TrainerCallback
+
+    class StopAt2(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 2:
+                control.should_training_stop = True
+
+    train_stage(
+        model, tiny_tokenizer, examples, _spec(part, max_steps=4), part / "state1", [StopAt2()]
+    )
+    assert (part / "state1" / "checkpoint-2").is_dir()
+    model = build_stage_model(tiny_model_dir, [], LORA, 1)
+    result = train_stage(model, tiny_tokenizer, examples, _spec(part, max_steps=4), part / "state1")
+    assert result.info["resumed_from"].endswith("checkpoint-2")
+    save_adapter(model, "stage_1", part / "adapter1", str(tiny_model_dir))
+    want = load_file(str(full / "adapter_model.safetensors"))
+    got = load_file(str(part / "adapter1" / "adapter_model.safetensors"))
+    assert want.keys() == got.keys()
+    for key in want:
+        assert torch.allclose(want[key], got[key], atol=1e-6), key

@@ -1,0 +1,25 @@
+"""Rule prepare_tasks: one normalised, capped parquet per split of a task."""
+
+import json
+from pathlib import Path
+
+from promptcl.runtime import job_logging
+from promptcl.tasks import build_task_tables, resolve_task
+from promptcl.workflow import task_sources
+
+
+def main(snakemake) -> None:
+    with job_logging(snakemake.log[0]) as log:
+        # relative roots are relative to the workflow folder, as in rules/common.smk
+        base = Path(snakemake.scriptdir).parent
+        sources = task_sources({"data": {"sources": snakemake.params.sources}}, base)
+        files = resolve_task(snakemake.wildcards.task, sources)
+        tables, meta = build_task_tables(files, snakemake.params.caps, snakemake.params.seed)
+        for split, table in tables.items():
+            table.to_parquet(snakemake.output[split], index=False)
+            log.info("%s/%s: %d rows", files.full_name, split, len(table))
+        Path(snakemake.output.meta).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821

@@ -1,0 +1,1 @@
+"""Library for continual LoRA fine-tuning with state-adaptive training prompts."""

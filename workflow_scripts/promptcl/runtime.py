@@ -1,0 +1,45 @@
+"""What every rule script does first: send all output to the rule's log, size the thread pool."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def job_logging(
+    log_path: str | os.PathLike, threads: int | None = None
+) -> Iterator[logging.Logger]:
+    """Redirect stdout/stderr (tqdm, transformers, warnings) to the job's log file.
+
+    A failing job writes its traceback into the log as well, then re-raises so Snakemake marks the
+    job failed and points the user at this file.
+    """
+    path = Path(log_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old_out, old_err = sys.stdout, sys.stderr
+    with open(path, "w", buffering=1) as fh:
+        sys.stdout = sys.stderr = fh
+        root = logging.getLogger()
+        handler = logging.StreamHandler(fh)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        if threads:
+            import torch
+
+            torch.set_num_threads(int(threads))
+        logger = logging.getLogger("promptcl")
+        try:
+            yield logger
+        except BaseException:
+            traceback.print_exc(file=fh)
+            raise
+        finally:
+            root.removeHandler(handler)
+            sys.stdout, sys.stderr = old_out, old_err

@@ -1,0 +1,327 @@
+"""One continual-learning stage: a new LoRA on top of the frozen earlier ones (IncLoRA).
+
+Lifecycle: :func:`build_stage_model` (setup) → :func:`train_stage` (train, resumable from the
+newest checkpoint in an undeclared state folder) → :func:`save_adapter` (a standard PEFT folder).
+The Hugging Face Trainer supplies gradient accumulation, bf16 autocast, DeepSpeed and resume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .modeling import adapter_name, attach_adapters, load_base_model
+from .prompting import IGNORE_INDEX, PromptFormat, encode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """``config.yaml: lora`` (paper defaults)."""
+
+    r: int = 8
+    alpha: int = 32
+    dropout: float = 0.1
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> LoraSpec:
+        return cls(
+            r=int(cfg.get("r", 8)),
+            alpha=int(cfg.get("alpha", 32)),
+            dropout=float(cfg.get("dropout", 0.1)),
+            target_modules=tuple(cfg.get("target_modules", ("q_proj", "v_proj"))),
+        )
+
+    def peft_config(self):
+        from peft import LoraConfig, TaskType
+
+        return LoraConfig(
+            task_type=TaskType.CAUSAL_LM,
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=list(self.target_modules),
+            bias="none",
+        )
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """``config.yaml: training`` plus the run's seed and the resolved precision."""
+
+    epochs: float = 1.0
+    max_steps: int = -1
+    learning_rate: float = 1e-3
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr_scheduler: str = "linear"
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    logging_steps: int = 1
+    save_steps: int = 50
+    gradient_checkpointing: bool = False
+    deepspeed: str | None = None
+    seed: int = 0
+    precision: str = "fp32"
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, cfg: dict, seed: int, precision: str) -> TrainSpec:
+        known = {f for f in cls.__dataclass_fields__ if f not in ("seed", "precision", "extra")}
+        unknown = set(cfg) - known
+        if unknown:
+            raise ValueError(f"training: unknown keys {sorted(unknown)}")
+        return cls(**cfg, seed=seed, precision=precision)
+
+
+def encode_table(
+    tokenizer,
+    fmt: PromptFormat,
+    table: pd.DataFrame,
+    max_length: int,
+    instructions: Sequence[str] | None = None,
+) -> list[dict]:
+    """Training examples (answer = first reference); ``instructions`` overrides per row."""
+    examples = []
+    for i, row in enumerate(table.itertuples(index=False)):
+        instruction = row.instruction if instructions is None else instructions[i]
+        enc = encode(
+            tokenizer, fmt, instruction, row.input, row.suffix, row.references[0], max_length
+        )
+        examples.append({"input_ids": enc.input_ids, "labels": enc.labels})
+    return examples
+
+
+class PadCollator:
+    """Right-pads a batch; padded label positions carry no loss."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad = pad_token_id
+
+    def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(ex["input_ids"]) for ex in batch)
+        ids = torch.full((len(batch), width), self.pad, dtype=torch.long)
+        labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, ex in enumerate(batch):
+            n = len(ex["input_ids"])
+            ids[row, :n] = torch.tensor(ex["input_ids"])
+            labels[row, :n] = torch.tensor(ex["labels"])
+            mask[row, :n] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def build_stage_model(
+    model_dir: Path,
+    previous_adapters: Sequence[Path],
+    lora: LoraSpec,
+    stage: int,
+    precision: str = "fp32",
+    trust_remote_code: bool = False,
+    seed: int = 0,
+):
+    """Base model + frozen LoRAs of stages 1..k-1 + a new trainable LoRA for stage k.
+
+    The new LoRA's A matrix is random: seeding here makes a rerun (or a resumed job, whose A
+    comes from the checkpoint anyway) reproduce the same adapter.
+    """
+    from peft import get_peft_model
+    from transformers import set_seed
+
+    if len(previous_adapters) != stage - 1:
+        raise ValueError(
+            f"stage {stage} needs {stage - 1} earlier adapters, got {len(previous_adapters)}"
+        )
+    base = load_base_model(model_dir, precision, trust_remote_code)
+    name = adapter_name(stage)
+    set_seed(seed)
+    if not previous_adapters:
+        model = get_peft_model(base, lora.peft_config(), adapter_name=name)
+    else:
+        model = attach_adapters(base, previous_adapters)
+        model.add_adapter(name, lora.peft_config())
+        model.base_model.set_adapter([adapter_name(i) for i in range(1, stage + 1)])
+    for pname, param in model.named_parameters():
+        param.requires_grad_(f".{name}." in pname)
+    return model
+
+
+def trainable_adapter(model) -> str:
+    names = {
+        n.split(".lora_")[1].split(".")[1] for n, p in model.named_parameters() if p.requires_grad
+    }
+    if len(names) != 1:
+        raise RuntimeError(f"expected exactly one trainable adapter, found {sorted(names)}")
+    return names.pop()
+
+
+def save_adapter(model, name: str, out_dir: Path, base_model_path: str) -> None:
+    """Write only the new stage's LoRA as a standard PEFT folder (``PeftModel.from_pretrained``)."""
+    with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
+        model.save_pretrained(tmp, selected_adapters=[name])
+        src = Path(tmp) / name if (Path(tmp) / name).is_dir() else Path(tmp)
+        cfg_path = src / "adapter_config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["base_model_name_or_path"] = base_model_path
+        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        shutil.copytree(src, out_dir)
+
+
+def _make_trainer_class():
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import Trainer
+
+    class StageTrainer(Trainer):
+        """Trainer that checkpoints only the stage's own LoRA and logs token counts.
+
+        The stock PEFT resume path re-activates a single adapter, which would silently drop the
+        frozen earlier stages from the forward pass; here they stay active.
+        """
+
+        def __init__(self, *args, adapter: str, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.adapter = adapter
+            self._tokens = 0
+            self._answer_tokens = 0
+            self._t0 = time.perf_counter()
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            self._tokens += int(inputs["attention_mask"].sum())
+            self._answer_tokens += int((inputs["labels"] != IGNORE_INDEX).sum())
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            if "loss" in logs:
+                logs["tokens"] = self._tokens
+                logs["answer_tokens"] = self._answer_tokens
+                logs["elapsed_s"] = round(time.perf_counter() - self._t0, 3)
+                self._tokens = self._answer_tokens = 0
+            super().log(logs, start_time)
+
+        def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+            output_dir = output_dir or self.args.output_dir
+            if self.args.should_save:
+                self.model.save_pretrained(
+                    output_dir, state_dict=state_dict, selected_adapters=[self.adapter]
+                )
+
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+            model = model or self.model
+            path = Path(resume_from_checkpoint) / self.adapter / "adapter_model.safetensors"
+            if not path.is_file():
+                path = Path(resume_from_checkpoint) / "adapter_model.safetensors"
+            set_peft_model_state_dict(model, load_file(str(path)), adapter_name=self.adapter)
+            log.warning("resumed stage adapter weights from %s", resume_from_checkpoint)
+
+    return StageTrainer
+
+
+def latest_checkpoint(state_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not state_dir.is_dir():
+        return None
+    return get_last_checkpoint(str(state_dir))
+
+
+@dataclass
+class StageResult:
+    log: pd.DataFrame
+    info: dict
+
+
+def train_stage(
+    model,
+    tokenizer,
+    examples: list[dict],
+    spec: TrainSpec,
+    state_dir: Path,
+    callbacks: Sequence = (),
+) -> StageResult:
+    """Train the single trainable adapter, resuming from the newest checkpoint in ``state_dir``."""
+    from transformers import TrainingArguments
+
+    adapter = trainable_adapter(model)
+    use_cpu = not torch.cuda.is_available()
+    args = TrainingArguments(
+        output_dir=str(state_dir),
+        num_train_epochs=spec.epochs,
+        max_steps=spec.max_steps,
+        per_device_train_batch_size=spec.batch_size,
+        gradient_accumulation_steps=spec.grad_accum,
+        learning_rate=spec.learning_rate,
+        lr_scheduler_type=spec.lr_scheduler,
+        warmup_steps=spec.warmup_ratio,
+        weight_decay=spec.weight_decay,
+        max_grad_norm=spec.max_grad_norm,
+        logging_steps=spec.logging_steps,
+        save_strategy="steps",
+        save_steps=spec.save_steps,
+        save_total_limit=2,
+        seed=spec.seed,
+        data_seed=spec.seed,
+        bf16=spec.precision == "bf16",
+        use_cpu=use_cpu,
+        gradient_checkpointing=spec.gradient_checkpointing,
+        deepspeed=spec.deepspeed,
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    trainer = _make_trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=examples,
+        data_collator=PadCollator(tokenizer.pad_token_id),
+        adapter=adapter,
+        callbacks=list(callbacks),
+    )
+    resume = latest_checkpoint(state_dir)
+    if resume:
+        log.warning("resuming stage training from checkpoint %s", resume)
+    started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - started
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    table = pd.DataFrame(
+        {
+            "step": [int(h["step"]) for h in history],
+            "epoch": [float(h.get("epoch", math.nan)) for h in history],
+            "loss": [float(h["loss"]) for h in history],
+            "lr": [float(h.get("learning_rate", math.nan)) for h in history],
+            "grad_norm": [float(h.get("grad_norm", math.nan)) for h in history],
+            "tokens": [int(h.get("tokens", 0)) for h in history],
+            "answer_tokens": [int(h.get("answer_tokens", 0)) for h in history],
+            "elapsed_s": [float(h.get("elapsed_s", math.nan)) for h in history],
+        }
+    )
+    tokens = int(table["tokens"].sum())
+    info = {
+        "adapter": adapter,
+        "examples": len(examples),
+        "steps": int(trainer.state.global_step),
+        "train_loss": float(output.training_loss),
+        "train_seconds": round(seconds, 2),
+        "tokens": tokens,
+        "tokens_per_second": round(tokens / seconds, 1) if seconds > 0 else None,
+        "resumed_from": resume,
+        "spec": asdict(spec),
+    }
+    return StageResult(log=table, info=info)
