@@ -7,11 +7,13 @@ rule aggregate_run:
         matrix=f"{RESULTS}/{{run}}/metrics/accuracy_matrix.parquet",
         summary=f"{RESULTS}/{{run}}/metrics/summary.parquet",
         text=f"{RESULTS}/{{run}}/metrics/summary.txt",
-    params:
-        layout=run_layout,
     log:
         f"{RESULTS}/logs/{{run}}/metrics/aggregate.log",
     localrule: True
+    conda:
+        "../environment.yml"
+    params:
+        layout=run_layout,
     script:
         "../workflow_scripts/aggregate_run.py"
 
@@ -23,10 +25,12 @@ rule summarize:
     output:
         table=f"{RESULTS}/summary.parquet",
         text=f"{RESULTS}/summary.txt",
-    params:
-        runs=list(RUNS),
     log:
         f"{RESULTS}/logs/summarize.log",
     localrule: True
+    conda:
+        "../environment.yml"
+    params:
+        runs=list(RUNS),
     script:
         "../workflow_scripts/summarize.py"

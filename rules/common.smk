@@ -6,7 +6,8 @@ from snakemake.utils import min_version, validate
 
 min_version("9.14.1")
 
-sys.path.insert(0, str(Path(workflow.basedir) / "workflow_scripts"))
+WORKFLOW_DIR = Path(workflow.basedir).resolve()
+sys.path.insert(0, str(WORKFLOW_DIR / "workflow_scripts"))
 
 from promptcl.workflow import (  # noqa: E402
     ConfigError,
@@ -17,13 +18,12 @@ from promptcl.workflow import (  # noqa: E402
     task_sources,
 )
 
-
 validate(config, schema="../config/schema.yaml")
 
 try:
     check_sequences(config)
     RUNS = expand_runs(config)
-    TASKS = resolve_tasks(RUNS.values(), task_sources(config, Path(workflow.basedir)))
+    TASKS = resolve_tasks(RUNS.values(), task_sources(config, WORKFLOW_DIR))
 except ConfigError as err:
     raise WorkflowError(f"Invalid configuration: {err}") from None
 
@@ -62,7 +62,12 @@ def stage_task(wildcards):
 
 def stage_params(wildcards):
     run = run_of(wildcards)
-    return {"run": run.name, "method": run.method, "strategy": run.strategy, "seed": run.seed}
+    return {
+        "run": run.name,
+        "method": run.method,
+        "strategy": run.strategy,
+        "seed": run.seed,
+    }
 
 
 # --- named input functions ----------------------------------------------------------------------
@@ -99,12 +104,17 @@ def run_eval_tasks(wildcards):
 
 
 def zero_shot_predictions(wildcards):
-    return [f"{RESULTS}/zero_shot/predictions/{t}.parquet" for t in run_of(wildcards).eval_tasks]
+    return [
+        f"{RESULTS}/zero_shot/predictions/{t}.parquet"
+        for t in run_of(wildcards).eval_tasks
+    ]
 
 
 def stage_predictions(wildcards):
     run = run_of(wildcards)
-    return [f"{RESULTS}/{run.name}/stage_{k}/predictions" for k in range(1, run.stages + 1)]
+    return [
+        f"{RESULTS}/{run.name}/stage_{k}/predictions" for k in range(1, run.stages + 1)
+    ]
 
 
 def run_layout(wildcards):

@@ -7,16 +7,18 @@ rule evaluate_base:
         tables=f"{RESULTS}/tasks/{{task}}/test.parquet",
     output:
         f"{RESULTS}/zero_shot/predictions/{{task}}.parquet",
+    log:
+        f"{RESULTS}/logs/zero_shot/predictions/{{task}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/zero_shot/predictions/{{task}}.tsv"
+    conda:
+        "../environment.yml"
+    threads: config["compute"]["threads"]
     params:
         tasks=single_task,
         model=model_params(),
         prompt=config["prompt"],
         generation=config["generation"],
-    log:
-        f"{RESULTS}/logs/zero_shot/predictions/{{task}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/zero_shot/predictions/{{task}}.tsv"
-    threads: config["compute"]["threads"]
     script:
         "../workflow_scripts/predict.py"
 
@@ -29,15 +31,17 @@ rule predict_stage:
         tables=run_test_tables,
     output:
         directory(f"{RESULTS}/{{run}}/stage_{{stage}}/predictions"),
+    log:
+        f"{RESULTS}/logs/{{run}}/stage_{{stage}}/predictions.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{run}}/stage_{{stage}}/predictions.tsv"
+    conda:
+        "../environment.yml"
+    threads: config["compute"]["threads"]
     params:
         tasks=run_eval_tasks,
         model=model_params(),
         prompt=config["prompt"],
         generation=config["generation"],
-    log:
-        f"{RESULTS}/logs/{{run}}/stage_{{stage}}/predictions.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/{{run}}/stage_{{stage}}/predictions.tsv"
-    threads: config["compute"]["threads"]
     script:
         "../workflow_scripts/predict.py"

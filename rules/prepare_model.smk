@@ -3,12 +3,14 @@ rule prepare_model:
     output:
         model=directory(MODEL_DIR),
         manifest=f"{RESULTS}/model/manifest.json",
-    params:
-        model=model_source_params(),
     log:
         f"{RESULTS}/logs/model/prepare_model.log",
     benchmark:
         f"{RESULTS}/benchmarks/model/prepare_model.tsv"
+    conda:
+        "../environment.yml"
     threads: config["compute"]["threads"]
+    params:
+        model=model_source_params(),
     script:
         "../workflow_scripts/prepare_model.py"

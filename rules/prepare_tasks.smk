@@ -7,12 +7,14 @@ rule prepare_tasks:
         dev=f"{RESULTS}/tasks/{{task}}/dev.parquet",
         test=f"{RESULTS}/tasks/{{task}}/test.parquet",
         meta=f"{RESULTS}/tasks/{{task}}/task.json",
+    log:
+        f"{RESULTS}/logs/tasks/{{task}}.log",
+    localrule: True
+    conda:
+        "../environment.yml"
     params:
         sources=config["data"]["sources"],
         caps=config["data"]["caps"],
         seed=config["data"]["seed"],
-    log:
-        f"{RESULTS}/logs/tasks/{{task}}.log",
-    localrule: True
     script:
         "../workflow_scripts/prepare_tasks.py"

@@ -10,6 +10,13 @@ rule train_stage:
     output:
         adapter=directory(f"{RESULTS}/{{run}}/stage_{{stage}}/adapter"),
         train_log=f"{RESULTS}/{{run}}/stage_{{stage}}/train_log.parquet",
+    log:
+        f"{RESULTS}/logs/{{run}}/stage_{{stage}}/train.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{run}}/stage_{{stage}}/train.tsv"
+    conda:
+        "../environment.yml"
+    threads: config["compute"]["threads"]
     params:
         stage=stage_params,
         task=stage_task,
@@ -18,10 +25,5 @@ rule train_stage:
         lora=config["lora"],
         training=config["training"],
         state_dir=f"{RESULTS}/{{run}}/stage_{{stage}}/state",
-    log:
-        f"{RESULTS}/logs/{{run}}/stage_{{stage}}/train.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/{{run}}/stage_{{stage}}/train.tsv"
-    threads: config["compute"]["threads"]
     script:
         "../workflow_scripts/train_stage.py"

@@ -29,7 +29,8 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
+        tie_word_embeddings=False,
+        initializer_range=0.3,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from promptcl.aggregate import cell_table, format_summary, matrix, run_summary
+from promptcl.aggregate import cell_table, format_matrix, format_summary, matrix, run_summary
 from promptcl.metrics import score_predictions
 
 SEQUENCE = ["cls_a", "gen_b"]
@@ -211,3 +211,22 @@ def test_end_to_end_from_raw_predictions() -> None:
     summary = run_summary(cells, ["sent"], []).set_index("metric")
     assert summary.loc["exact_match", "AP"] == 100.0
     assert math.isnan(summary.loc["exact_match", "BWT"])
+
+
+def test_format_matrix_shows_se_and_majority():
+    cells = pd.DataFrame(
+        {
+            "stage": [0, 0, 1, 1],
+            "task": ["a", "b", "a", "b"],
+            "role": ["sequence", "unseen", "sequence", "unseen"],
+            "metric": ["exact_match"] * 4,
+            "score": [50.0, 10.0, 75.0, 12.5],
+            "stderr": [5.0, 3.0, 4.3, 3.3],
+            "n": [100] * 4,
+            "majority_rate": [52.0, float("nan"), 52.0, float("nan")],
+        }
+    )
+    text = format_matrix(cells, "exact_match")
+    assert "75.0±4.3" in text and "10.0±3.0" in text
+    majority_line = [line for line in text.splitlines() if line.startswith("majority")][0]
+    assert "52.0" in majority_line and "-" in majority_line

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from promptcl.aggregate import cell_table, format_summary, matrix, run_summary
+from promptcl.aggregate import cell_table, format_matrix, format_summary, run_summary
 from promptcl.runtime import job_logging
 
 
@@ -31,11 +31,7 @@ def main(snakemake) -> None:
         summary.to_parquet(snakemake.output.summary, index=False)
         text = [format_summary(summary, run), ""]
         for metric in ("rougeL", "label_accuracy", "exact_match"):
-            text += [
-                f"R[stage, task] for {metric}:",
-                matrix(cells, metric).round(1).to_string(),
-                "",
-            ]
+            text.append(format_matrix(cells, metric))
         Path(snakemake.output.text).write_text("\n".join(text))
         log.info("\n%s", "\n".join(text))
 

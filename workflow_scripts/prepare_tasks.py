@@ -11,7 +11,7 @@ from promptcl.workflow import task_sources
 def main(snakemake) -> None:
     with job_logging(snakemake.log[0]) as log:
         # relative roots are relative to the workflow folder, as in rules/common.smk
-        base = Path(snakemake.scriptdir).parent
+        base = Path(snakemake.scriptdir).resolve().parent
         sources = task_sources({"data": {"sources": snakemake.params.sources}}, base)
         files = resolve_task(snakemake.wildcards.task, sources)
         tables, meta = build_task_tables(files, snakemake.params.caps, snakemake.params.seed)

@@ -221,3 +221,22 @@ def format_summary(summary: pd.DataFrame, run: str) -> str:
         "Differences smaller than ~2 se (twice the ± value) are within noise.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def format_matrix(cells: pd.DataFrame, metric: str) -> str:
+    """R for one metric as "score±se" per cell, with each task's majority-class rate beneath.
+
+    The majority rate is the score of always answering the commonest label: the chance level a
+    classification score must be read against.
+    """
+    scores, errors = matrix(cells, metric), matrix(cells, metric, "stderr")
+    text = scores.copy().astype(object)
+    for stage in scores.index:
+        for task in scores.columns:
+            v, se = scores.loc[stage, task], errors.loc[stage, task]
+            text.loc[stage, task] = "n/a" if pd.isna(v) else f"{v:.1f}±{se:.1f}"
+    majority = cells[cells["metric"] == metric].groupby("task")["majority_rate"].first()
+    text.loc["majority"] = [
+        "-" if pd.isna(majority.get(t)) else f"{majority[t]:.1f}" for t in scores.columns
+    ]
+    return f"R[stage, task] for {metric} (± binomial/sample standard error):\n{text.to_string()}\n"

