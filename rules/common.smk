@@ -137,3 +137,87 @@ def model_source_params():
 
 def single_task(wildcards):
     return [wildcards.task]
+
+
+# --- candidate prompts --------------------------------------------------------------------------
+
+PROMPTS = config["prompts"]
+# The API backend needs the internet: run it where Snakemake runs, not on compute nodes.
+PARAPHRASE_ON_HOST = PROMPTS["backend"] != "local"
+
+
+def workflow_path(path):
+    path = Path(path)
+    return path if path.is_absolute() else WORKFLOW_DIR / path
+
+
+def pool_file(task):
+    """The file-backend pool of a task; {task} and {full_name} are filled in."""
+    pattern = PROMPTS["file"]["path"]
+    return workflow_path(pattern.format(task=task, full_name=TASKS[task].full_name))
+
+
+def check_prompt_inputs():
+    """Missing pool or template files stop the workflow before any job runs."""
+    trained = {t for run in RUNS.values() for t in run.tasks}
+    if PROMPTS["backend"] == "file":
+        missing = sorted(
+            str(pool_file(t)) for t in trained if not pool_file(t).is_file()
+        )
+        if missing:
+            raise WorkflowError(
+                f"Invalid configuration: prompts.file.path: missing pool file(s) {missing}"
+            )
+    elif not workflow_path(PROMPTS["request_template"]).is_file():
+        raise WorkflowError(
+            "Invalid configuration: prompts.request_template: "
+            f"{workflow_path(PROMPTS['request_template'])} does not exist"
+        )
+
+
+check_prompt_inputs()
+
+
+def paraphrase_inputs(wildcards):
+    inputs = {
+        "table": f"{RESULTS}/tasks/{wildcards.task}/train.parquet",
+        "meta": f"{RESULTS}/tasks/{wildcards.task}/task.json",
+    }
+    if PROMPTS["backend"] == "file":
+        inputs["pool"] = str(pool_file(wildcards.task))
+    else:
+        inputs["template"] = str(workflow_path(PROMPTS["request_template"]))
+    if PROMPTS["backend"] == "local" and not PROMPTS["local"]["model"]:
+        inputs["model"] = MODEL_DIR
+    return inputs
+
+
+def paraphrase_params():
+    """Only the active backend's options: changing another backend's settings reruns nothing."""
+    keep = [
+        "backend",
+        "candidates",
+        "min_valid",
+        "seed",
+        "validation",
+        PROMPTS["backend"],
+    ]
+    if PROMPTS["backend"] != "file":
+        keep += ["delimiters", "request_template"]
+    return {k: PROMPTS[k] for k in keep}
+
+
+def paraphrase_model_params():
+    return {
+        "name": config["model"]["name"],
+        "precision": config["model"]["precision"],
+        "trust_remote_code": config["model"]["trust_remote_code"],
+    }
+
+
+def paraphrase_threads():
+    return config["compute"]["threads"] if PROMPTS["backend"] == "local" else 1
+
+
+def stage_candidates(wildcards):
+    return f"{RESULTS}/prompts/{stage_task(wildcards)}/candidates.parquet"

@@ -6,6 +6,7 @@ rule train_stage:
     input:
         model=MODEL_DIR,
         train=stage_train_table,
+        candidates=stage_candidates,
         previous=earlier_adapters,
     output:
         adapter=directory(f"{RESULTS}/{{run}}/stage_{{stage}}/adapter"),

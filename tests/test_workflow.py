@@ -40,6 +40,7 @@ def tiny_config(model_dir: Path, **overrides) -> dict:
         "generation": {"max_new_tokens": 4, "batch_size": 8},
         "prompt": {"max_length": 256},
         "runs": {"sequences": ["tiny"]},
+        "prompts": {"backend": "file", "candidates": 4, "min_valid": 2},
     }
     for key, value in overrides.items():
         config[key] = value
@@ -74,6 +75,29 @@ def test_task_tables(finished):
             assert len(table) == n and table["id"].is_unique
         meta = json.loads((finished / f"results/tasks/{task}/task.json").read_text())
         assert meta["splits"]["test"]["rows"] == 8 and meta["labels"]
+
+
+def test_candidate_prompts(finished):
+    for task in SEQUENCE:
+        table = pd.read_parquet(finished / f"results/prompts/{task}/candidates.parquet")
+        assert list(table.columns) == [
+            "candidate_id",
+            "text",
+            "source",
+            "model",
+            "request_index",
+            "valid",
+            "reject_reason",
+        ]
+        original = pd.read_parquet(finished / f"results/tasks/{task}/train.parquet")
+        assert table.loc[0, "text"] == original["instruction"].iloc[0]
+        assert len(table) == 1 + 4 and table["valid"].all()
+        assert set(table.loc[1:, "source"]) == {f"file:{table.loc[1, 'source'][5:]}"}
+    for k in (1, 2):
+        info = json.loads(
+            (finished / f"results/{RUN}/stage_{k}/adapter/promptcl_stage.json").read_text()
+        )
+        assert info["prompt"]["candidate_id"] == 0 and info["prompt"]["strategy"] == "original"
 
 
 def test_model_folder_is_ordinary_hf(finished, tiny_model_dir):
@@ -217,6 +241,12 @@ def test_missing_task_file_is_named(tmp_path, tiny_model_dir):
     _fails_before_jobs(tmp_path, config, str(root / "task1_broken" / "test.json"))
 
 
+def test_missing_pool_file_is_named(tmp_path, tiny_model_dir):
+    config = tiny_config(tiny_model_dir)
+    config["prompts"]["file"] = {"path": str(tmp_path / "pools/{task}.jsonl")}
+    _fails_before_jobs(tmp_path, config, str(tmp_path / "pools/task195.jsonl"))
+
+
 def test_malformed_task_record_names_file_and_record(tmp_path, tiny_model_dir):
     root = tmp_path / "tasks"
     (root / "task1_bad").mkdir(parents=True)
@@ -231,6 +261,8 @@ def test_malformed_task_record_names_file_and_record(tmp_path, tiny_model_dir):
         data={"sources": [{"format": "sapo", "root": str(root)}]},
         sequences={"tiny": {"tasks": ["task1"]}},
     )
+    (tmp_path / "pool.json").write_text('["Give the label for this sentence now."]')
+    config["prompts"]["file"] = {"path": str(tmp_path / "pool.json")}
     cfg = write_config(tmp_path / "config.yaml", config)
     proc = snakemake(
         tmp_path, "results/tasks/task1/train.parquet", "--configfile", str(cfg), check=False
@@ -250,3 +282,47 @@ def test_lint_is_clean():
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr
+
+
+# --- the openai backend through the workflow: cache and secrecy ---------------------------------
+
+
+def test_openai_backend_in_the_workflow_caches_and_never_stores_the_key(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    from .test_openai_backend import KEY, KEY_ENV, Canned, ChatServer, completion
+
+    original = json.loads((REPO / "resources/tasks/sapo/instructions.json").read_text())[
+        "task195_sentiment140_classification"
+    ]["instruction"]
+    server = ChatServer()
+    server.default = lambda body: Canned(
+        200, completion(f"<instruction>Variant {body['seed']}. {original}</instruction>")
+    )
+    server.start()
+    monkeypatch.setenv(KEY_ENV, KEY)
+    try:
+        config = tiny_config(tiny_model_dir, sequences={"api": {"tasks": ["task195"]}})
+        config["runs"] = {"sequences": ["api"]}
+        config["prompts"] = {
+            "backend": "openai",
+            "candidates": 3,
+            "min_valid": 3,
+            "openai": {"base_url": server.base_url, "model": "m", "api_key_env": KEY_ENV},
+        }
+        cfg = write_config(tmp_path / "config.yaml", config)
+        target = "results/prompts/task195/candidates.parquet"
+        first = snakemake(tmp_path, target, "--configfile", str(cfg))
+        assert server.calls == 3
+        table = pd.read_parquet(tmp_path / target)
+        assert table["valid"].all() and set(table.loc[1:, "source"]) == {"openai"}
+        again = snakemake(tmp_path, target, "--configfile", str(cfg), "--forcerun")
+        assert server.calls == 3, "the reply cache answers a rerun"
+        assert pd.read_parquet(tmp_path / target).equals(table)
+    finally:
+        server.stop()
+    assert all(seen.headers["authorization"] == f"Bearer {KEY}" for seen in server.requests)
+    leaked = [str(p) for p in tmp_path.rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]
+    assert leaked == [], f"API key written to {leaked}"
+    for proc in (first, again):
+        assert KEY not in proc.stdout + proc.stderr

@@ -9,6 +9,7 @@ import pandas as pd
 from promptcl.modeling import adapter_name, load_tokenizer, resolve_precision
 from promptcl.prompting import PromptFormat
 from promptcl.runtime import job_logging
+from promptcl.strategies import training_instruction
 from promptcl.training import (
     LoraSpec,
     TrainSpec,
@@ -49,7 +50,12 @@ def main(snakemake) -> None:
         tokenizer = load_tokenizer(model_dir, trust)
         table = pd.read_parquet(snakemake.input.train)
         fmt = PromptFormat.from_config(params.prompt)
-        examples = encode_table(tokenizer, fmt, table, params.prompt["max_length"])
+        candidates = pd.read_parquet(snakemake.input.candidates)
+        cid, instruction = training_instruction(candidates, run["strategy"])
+        log.info("training prompt: candidate %d (%s): %s", cid, run["strategy"], instruction)
+        examples = encode_table(
+            tokenizer, fmt, table, params.prompt["max_length"], [instruction] * len(table)
+        )
         log.info(
             "stage %d of %s: task %s, %d examples", stage, run["run"], params.task, len(examples)
         )
@@ -58,7 +64,11 @@ def main(snakemake) -> None:
         out = Path(snakemake.output.adapter)
         save_adapter(model, adapter_name(stage), out, str(model_dir.resolve()))
         info = {**result.info, "run": run["run"], "stage": stage, "task": params.task}
-        info["prompt"] = {"strategy": run["strategy"], "instruction": table["instruction"].iloc[0]}
+        info["prompt"] = {
+            "strategy": run["strategy"],
+            "candidate_id": cid,
+            "instruction": instruction,
+        }
         (out / "promptcl_stage.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
         result.log.to_parquet(snakemake.output.train_log, index=False)
         shutil.rmtree(state_dir, ignore_errors=True)
