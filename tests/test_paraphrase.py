@@ -207,3 +207,14 @@ def test_local_backend_is_seeded_and_cached(tiny_model_dir, tmp_path):
         backend, [Request("t", 0, "Rewrite: say hi", seed=4)], ReplyCache(tmp_path / "c")
     )
     assert other.texts[0] != a[0]
+
+
+def test_real_paft_pool_layout_loads_and_slot_templates_are_rejected():
+    path = REPO / "tests/fixtures/paft_prompt_pools_excerpt.json"
+    pool = load_pool(path, "robust_traindataset_piqa")
+    assert len(pool) == 3
+    table = candidates_from_pool(
+        pool[0], [], pool, "file:paft", ValidationSpec(max_length_ratio=10)
+    )
+    # PAFT templates carry slots ({goal}, ...) that our prompt assembly fills itself
+    assert set(table.loc[1:, "reject_reason"]) <= {"stray brace", "duplicate of candidate 0"}
