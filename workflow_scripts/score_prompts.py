@@ -1,0 +1,52 @@
+"""Rules score_prompts(_base): pre-update loss of each valid candidate on one model state."""
+
+import json
+
+import pandas as pd
+
+from promptcl.paraphrase import training_pool
+from promptcl.prompting import PromptFormat
+from promptcl.runtime import input_list, job_logging, load_job_state
+from promptcl.scoring import ScoringStats, score_candidates
+
+
+def main(snakemake) -> None:
+    params = snakemake.params
+    with job_logging(snakemake.log[0], snakemake.threads) as log:
+        model, tokenizer, precision = load_job_state(snakemake)
+        adapters = input_list(snakemake.input.get("adapters", []))
+        table = pd.read_parquet(snakemake.input.train).head(params.scoring["instances"])
+        candidates = training_pool(pd.read_parquet(snakemake.input.candidates))
+        valid = candidates[candidates["valid"]]
+        pairs = list(zip(valid["candidate_id"].astype(int), valid["text"], strict=True))
+        stats = ScoringStats()
+        scores = score_candidates(
+            model,
+            tokenizer,
+            PromptFormat.from_config(params.prompt),
+            table,
+            pairs,
+            params.prompt["max_length"],
+            params.scoring["batch_size"],
+            precision,
+            stats,
+        )
+        scores["rank"] = scores["mean_token_loss"].rank(method="first").astype(int)
+        scores["adapters"] = len(adapters)
+        scores["seconds"] = round(stats.seconds, 2)
+        scores.to_parquet(snakemake.output[0], index=False)
+        log.info("\n%s", scores.to_string(index=False))
+        log.info(
+            "%s",
+            json.dumps(
+                {
+                    "sequences": stats.sequences,
+                    "tokens": stats.tokens,
+                    "tokens_per_s": round(stats.tokens / max(stats.seconds, 1e-9), 1),
+                }
+            ),
+        )
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821
