@@ -39,6 +39,7 @@ format: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/model_throughput.py
+	$(BIN)/python benchmarks/scoring_throughput.py
 
 clean:
 	rm -rf results .snakemake

@@ -3,6 +3,7 @@ rule aggregate_run:
     input:
         zero_shot=zero_shot_predictions,
         stages=stage_predictions,
+        adapters=run_adapters,
     output:
         matrix=f"{RESULTS}/{{run}}/metrics/accuracy_matrix.parquet",
         summary=f"{RESULTS}/{{run}}/metrics/summary.parquet",

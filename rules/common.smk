@@ -9,6 +9,7 @@ min_version("9.14.1")
 WORKFLOW_DIR = Path(workflow.basedir).resolve()
 sys.path.insert(0, str(WORKFLOW_DIR / "workflow_scripts"))
 
+from promptcl.strategies import needs_scores  # noqa: E402
 from promptcl.workflow import (  # noqa: E402
     ConfigError,
     check_sequences,
@@ -86,13 +87,53 @@ def adapter_dir(run, k):
 
 
 def earlier_adapters(wildcards):
-    """Adapters of stages 1..k-1: the state stage k trains from."""
-    return [adapter_dir(wildcards.run, k) for k in range(1, int(wildcards.stage))]
+    """The adapters stage k trains on top of (or, for seqlora, continues)."""
+    return state_adapters_before(wildcards)
+
+
+def state_adapters_before(wildcards):
+    """The model state before stage k: stacked LoRAs 1..k-1, or seqlora's single LoRA k-1."""
+    k = int(wildcards.stage)
+    if run_of(wildcards).method == "seqlora":
+        return [adapter_dir(wildcards.run, k - 1)] if k > 1 else []
+    return [adapter_dir(wildcards.run, i) for i in range(1, k)]
 
 
 def adapters_upto(wildcards):
-    """Adapters of stages 1..k: the state evaluated after stage k."""
-    return [adapter_dir(wildcards.run, k) for k in range(1, int(wildcards.stage) + 1)]
+    """The state evaluated after stage k: LoRAs 1..k stacked, or seqlora's LoRA k alone."""
+    k = int(wildcards.stage)
+    if run_of(wildcards).method == "seqlora":
+        return [adapter_dir(wildcards.run, k)]
+    return [adapter_dir(wildcards.run, i) for i in range(1, k + 1)]
+
+
+def train_options(wildcards):
+    """Only the options the run's method and strategy use, so changing e.g. the O-LoRA lambdas
+    reruns the O-LoRA runs only."""
+    run = run_of(wildcards)
+    options = {}
+    if needs_scores(run.strategy):
+        options["sapo"] = config["sapo"]
+        if config["sapo"].get("rescore_every"):
+            options["scoring"] = config["scoring"]
+    if run.method == "olora":
+        options["olora"] = config["olora"]
+    return options
+
+
+def stage_scores(wildcards):
+    """Pre-update prompt losses, for strategies that choose by them (SAPO); none otherwise."""
+    if not needs_scores(run_of(wildcards).strategy):
+        return {}
+    if (
+        int(wildcards.stage) == 1
+    ):  # every run's stage 1 trains from the base model: shared
+        return {
+            "scores": f"{RESULTS}/prompts/{stage_task(wildcards)}/scores_base.parquet"
+        }
+    return {
+        "scores": f"{RESULTS}/{wildcards.run}/stage_{wildcards.stage}/prompt_scores.parquet"
+    }
 
 
 def run_test_tables(wildcards):
@@ -117,9 +158,21 @@ def stage_predictions(wildcards):
     ]
 
 
+def run_adapters(wildcards):
+    run = run_of(wildcards)
+    return [adapter_dir(run.name, k) for k in range(1, run.stages + 1)]
+
+
 def run_layout(wildcards):
     run = run_of(wildcards)
-    return {"sequence": list(run.tasks), "unseen": list(run.unseen)}
+    return {
+        "sequence": list(run.tasks),
+        "unseen": list(run.unseen),
+        "method": run.method,
+        "strategy": run.strategy,
+        "seed": run.seed,
+        "name": run.sequence,
+    }
 
 
 def run_summaries(wildcards):
@@ -157,9 +210,14 @@ def pool_file(task):
     return workflow_path(pattern.format(task=task, full_name=TASKS[task].full_name))
 
 
+HELDOUT = config["evaluation"]["heldout_prompts"]
+
+
 def check_prompt_inputs():
     """Missing pool or template files stop the workflow before any job runs."""
-    trained = {t for run in RUNS.values() for t in run.tasks}
+    trained = {
+        t for run in RUNS.values() for t in (run.eval_tasks if HELDOUT else run.tasks)
+    }
     if PROMPTS["backend"] == "file":
         missing = sorted(
             str(pool_file(t)) for t in trained if not pool_file(t).is_file()
@@ -217,6 +275,20 @@ def paraphrase_model_params():
 
 def paraphrase_threads():
     return config["compute"]["threads"] if PROMPTS["backend"] == "local" else 1
+
+
+def heldout_pool_of_task(wildcards):
+    """Evaluation reads the held-out paraphrases from the candidates (none when not asked for)."""
+    return [f"{RESULTS}/prompts/{wildcards.task}/candidates.parquet"] if HELDOUT else []
+
+
+def heldout_pools_of_run(wildcards):
+    if not HELDOUT:
+        return []
+    return [
+        f"{RESULTS}/prompts/{t}/candidates.parquet"
+        for t in run_of(wildcards).eval_tasks
+    ]
 
 
 def stage_candidates(wildcards):

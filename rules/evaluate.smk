@@ -5,6 +5,7 @@ rule evaluate_base:
     input:
         model=MODEL_DIR,
         tables=f"{RESULTS}/tasks/{{task}}/test.parquet",
+        candidates=heldout_pool_of_task,
     output:
         f"{RESULTS}/zero_shot/predictions/{{task}}.parquet",
     log:
@@ -29,6 +30,7 @@ rule predict_stage:
         model=MODEL_DIR,
         adapters=adapters_upto,
         tables=run_test_tables,
+        candidates=heldout_pools_of_run,
     output:
         directory(f"{RESULTS}/{{run}}/stage_{{stage}}/predictions"),
     log:

@@ -22,5 +22,6 @@ rule paraphrase_prompts:
         prompts=paraphrase_params(),
         model=paraphrase_model_params(),
         cache_dir=f"{RESULTS}/prompts/cache",
+        heldout=config["evaluation"]["heldout_prompts"],
     script:
         "../workflow_scripts/paraphrase_prompts.py"

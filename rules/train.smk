@@ -1,9 +1,11 @@
 rule train_stage:
-    """Stage k of a run: a new LoRA on task k over the frozen LoRAs of stages < k (IncLoRA).
+    """Stage k of a run: a LoRA trained on task k with the run's method and prompt strategy
+    (inclora/olora: a new LoRA over the frozen LoRAs of stages < k; seqlora: one LoRA continued).
 
     Resumable checkpoints live in results/<run>/stage_<k>/state/, which is deliberately not a
     declared output (Snakemake deletes declared outputs before a job restarts)."""
     input:
+        unpack(stage_scores),
         model=MODEL_DIR,
         train=stage_train_table,
         candidates=stage_candidates,
@@ -25,6 +27,7 @@ rule train_stage:
         prompt=config["prompt"],
         lora=config["lora"],
         training=config["training"],
+        options=train_options,
         state_dir=f"{RESULTS}/{{run}}/stage_{{stage}}/state",
     script:
         "../workflow_scripts/train_stage.py"

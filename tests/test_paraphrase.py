@@ -19,12 +19,15 @@ from promptcl.paraphrase import (
     candidates_from_pool,
     candidates_from_replies,
     collect_replies,
+    heldout_prompts,
+    hold_out,
     labels_in,
     load_pool,
     load_request_template,
     normalize_text,
     parse_reply,
     require_valid,
+    training_pool,
     validate,
 )
 
@@ -218,3 +221,20 @@ def test_real_paft_pool_layout_loads_and_slot_templates_are_rejected():
     )
     # PAFT templates carry slots ({goal}, ...) that our prompt assembly fills itself
     assert set(table.loc[1:, "reject_reason"]) <= {"stray brace", "duplicate of candidate 0"}
+
+
+def test_heldout_candidates_are_reserved_for_evaluation():
+    pool = [
+        "Read the movie review and answer POS when it is favourable, NEG otherwise.",
+        "Is the review favourable? Say POS if so and NEG if it is not.",
+        "Decide whether the review is positive or negative.",  # invalid: labels missing
+        "Tag each movie review: POS for praise, NEG for criticism, nothing else.",
+    ]
+    table = hold_out(candidates_from_pool(ORIGINAL, LABELS, pool, "file:p", SPEC), 2)
+    assert list(table.loc[table["heldout"], "candidate_id"]) == [2, 4]
+    assert list(training_pool(table)["candidate_id"]) == [0, 1, 3]
+    assert heldout_prompts(table) == [("heldout_1", 2, pool[1]), ("heldout_2", 4, pool[3])]
+    # held-out paraphrases do not count towards the minimum a strategy can train with
+    with pytest.raises(CandidateError, match="only 1 valid"):
+        require_valid(table, 2, "t")
+    assert not hold_out(table, 0)["heldout"].any()

@@ -163,3 +163,41 @@ def test_resume_from_checkpoint_gives_same_adapter(tiny_model_dir, tiny_tokenize
     assert want.keys() == got.keys()
     for key in want:
         assert torch.allclose(want[key], got[key], atol=1e-6), key
+
+
+def test_sapo_rescoring_switches_prompts_and_checkpoints_its_history(
+    tiny_model_dir, tiny_tokenizer, tmp_path
+):
+    from promptcl.adaptive import HISTORY_FILE, Selection, rescore_callback
+    from promptcl.strategies import SapoOptions
+    from promptcl.training import PromptedDataset, encode_candidates
+
+    calls: list[int] = []
+
+    def scorer(model) -> pd.DataFrame:
+        assert not model.training, "scoring runs in eval mode"
+        calls.append(1)
+        losses = [1.0, 0.5] if len(calls) % 2 else [0.5, 1.0]
+        return pd.DataFrame({"candidate_id": [0, 1], "mean_token_loss": losses})
+
+    selection = Selection(0)
+    texts = {0: "Say the label.", 1: "Give the label of this sentence now."}
+    encodings = encode_candidates(tiny_tokenizer, FMT, _table(8, "yes"), 128, texts)
+    dataset = PromptedDataset(encodings, selection.choose)
+    model = build_stage_model(tiny_model_dir, [], LORA, 1)
+    callback = rescore_callback(selection, scorer, 1, SapoOptions(), seed=0)
+    state = tmp_path / "state"
+    train_stage(model, tiny_tokenizer, dataset, _spec(tmp_path, max_steps=4), state, [callback])
+    # re-scored after steps 1-3 (not after the last one), switching by the scorer's argmin
+    assert selection.history == [
+        {"step": 0, "candidate_id": 0},
+        {"step": 1, "candidate_id": 1},
+        {"step": 2, "candidate_id": 0},
+        {"step": 3, "candidate_id": 1},
+    ]
+    assert dataset[0] == encodings[1][0], "the dataset serves the current choice"
+    saved = json.loads((state / "checkpoint-2" / HISTORY_FILE).read_text())
+    assert saved == selection.history[:3]
+    resumed = Selection(1)
+    resumed.restore(str(state / "checkpoint-2"))
+    assert resumed.current == 0 and resumed.history == saved

@@ -1,35 +1,70 @@
 """Rule aggregate_run: accuracy matrix and continual-learning summary of one run."""
 
+import json
 from pathlib import Path
 
 import pandas as pd
 
-from promptcl.aggregate import cell_table, format_matrix, format_summary, run_summary
-from promptcl.runtime import job_logging
-
-
-def as_list(value) -> list[str]:
-    return [value] if isinstance(value, str) else list(value)
+from promptcl.aggregate import (
+    cell_table,
+    format_matrix,
+    format_summary,
+    robustness,
+    run_summary,
+    split_prompts,
+)
+from promptcl.runtime import input_list, job_logging
 
 
 def main(snakemake) -> None:
     layout = snakemake.params.layout
     run = snakemake.wildcards.run
     with job_logging(snakemake.log[0]) as log:
-        tasks = layout["sequence"] + layout["unseen"]
+        sequence, unseen = layout["sequence"], layout["unseen"]
+        tasks = sequence + unseen
         tables = {}
-        for task, path in zip(tasks, as_list(snakemake.input.zero_shot), strict=True):
+        for task, path in zip(tasks, input_list(snakemake.input.zero_shot), strict=True):
             tables[(0, task)] = pd.read_parquet(path)
-        for k, folder in enumerate(as_list(snakemake.input.stages), start=1):
+        for k, folder in enumerate(input_list(snakemake.input.stages), start=1):
             for task in tasks:
                 tables[(k, task)] = pd.read_parquet(Path(folder) / f"{task}.parquet")
-        cells = cell_table(tables, layout["sequence"], layout["unseen"])
-        summary = run_summary(cells, layout["sequence"], layout["unseen"])
+        # R and its metrics use each task's original prompt; held-out prompts give robustness
+        original = split_prompts(tables)["original"]
+        cells = cell_table(original, sequence, unseen)
+        summary = run_summary(cells, sequence, unseen)
+        robust = robustness(tables, sequence, unseen)
+        summary = summary.merge(robust, on="metric", how="left")
+        infos = [
+            json.loads((Path(a) / "promptcl_stage.json").read_text())
+            for a in input_list(snakemake.input.adapters)
+        ]
+        summary["train_seconds"] = round(sum(i["train_seconds"] for i in infos), 1)
+        summary["scoring_seconds"] = round(sum(i.get("scoring_seconds", 0.0) for i in infos), 1)
+        summary["prompts_trained"] = json.dumps(
+            [i["prompt"].get("candidate_id", i["prompt"].get("candidate_ids")) for i in infos]
+        )
+        for key, value in reversed(
+            [
+                ("sequence", layout["name"]),
+                ("method", layout["method"]),
+                ("strategy", layout["strategy"]),
+                ("seed", layout["seed"]),
+            ]
+        ):
+            summary.insert(0, key, value)
         cells.insert(0, "run", run)
         summary.insert(0, "run", run)
         cells.to_parquet(snakemake.output.matrix, index=False)
         summary.to_parquet(snakemake.output.summary, index=False)
-        text = [format_summary(summary, run), ""]
+        text = [format_summary(summary, run)]
+        text.append(f"training prompts per stage (candidate ids): {summary['prompts_trained'][0]}")
+        if robust["prompts"].max() > 1:
+            for _, row in robust.iterrows():
+                text.append(
+                    f"robustness ({row['metric']}): AP over {row['prompts']} prompts "
+                    f"{row['robust_mean']:.2f} ± SD {row['robust_std']:.2f}"
+                )
+        text.append("")
         for metric in ("rougeL", "label_accuracy", "exact_match"):
             text.append(format_matrix(cells, metric))
         Path(snakemake.output.text).write_text("\n".join(text))

@@ -15,6 +15,7 @@ from promptcl.paraphrase import (
     candidates_from_pool,
     candidates_from_replies,
     collect_replies,
+    hold_out,
     load_pool,
     load_request_template,
     require_valid,
@@ -56,8 +57,10 @@ def main(snakemake) -> None:
             candidates = candidates_from_replies(
                 task, original, labels, replies, backend, spec, delimiters
             )
+        candidates = hold_out(candidates, snakemake.params.heldout)
         for row in candidates.itertuples():
             state = "ok" if row.valid else f"rejected: {row.reject_reason}"
+            state += ", held out for evaluation" if row.heldout else ""
             log.info("candidate %d [%s] %s", row.candidate_id, state, row.text[:120])
         require_valid(candidates, cfg["min_valid"], task)
         candidates.to_parquet(snakemake.output[0], index=False)

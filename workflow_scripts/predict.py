@@ -10,24 +10,16 @@ import pandas as pd
 
 from promptcl.inference import GenerationSpec, GenerationStats, predict_table
 from promptcl.metrics import score_predictions
-from promptcl.modeling import default_device, load_state, load_tokenizer, resolve_precision
+from promptcl.paraphrase import heldout_prompts
 from promptcl.prompting import PromptFormat
-from promptcl.runtime import job_logging
-
-
-def as_list(value) -> list[str]:
-    return [value] if isinstance(value, str) else list(value)
+from promptcl.runtime import input_list, job_logging, load_job_state
 
 
 def main(snakemake) -> None:
     params = snakemake.params
     with job_logging(snakemake.log[0], snakemake.threads) as log:
-        precision = resolve_precision(params.model["precision"])
-        model_dir = Path(snakemake.input.model)
-        adapters = [Path(a) for a in as_list(snakemake.input.get("adapters", []))]
-        model = load_state(model_dir, adapters, precision, params.model["trust_remote_code"])
-        model.to(default_device())
-        tokenizer = load_tokenizer(model_dir, params.model["trust_remote_code"])
+        model, tokenizer, precision = load_job_state(snakemake)
+        adapters = input_list(snakemake.input.get("adapters", []))
         fmt = PromptFormat.from_config(params.prompt)
         gen = GenerationSpec.from_config(params.generation)
         out = Path(snakemake.output[0])
@@ -35,30 +27,45 @@ def main(snakemake) -> None:
         if not single:
             out.mkdir(parents=True, exist_ok=True)
         stats = GenerationStats()
-        tables = as_list(snakemake.input.tables)
-        for task, table_path in zip(params.tasks, tables, strict=True):
+        tables = input_list(snakemake.input.tables)
+        pools = input_list(snakemake.input.get("candidates", [])) or [None] * len(tables)
+        for task, table_path, pool in zip(params.tasks, tables, pools, strict=True):
             table = pd.read_parquet(table_path)
-            preds = predict_table(
-                model,
-                tokenizer,
-                table,
-                fmt,
-                params.prompt["max_length"],
-                gen,
-                task,
-                precision,
-                stats,
+            # the original prompt, then the held-out paraphrases no run trained on
+            prompts = [("original", None)]
+            if pool is not None:
+                prompts += [(pid, text) for pid, _, text in heldout_prompts(pd.read_parquet(pool))]
+            preds = pd.concat(
+                [
+                    predict_table(
+                        model,
+                        tokenizer,
+                        table,
+                        fmt,
+                        params.prompt["max_length"],
+                        gen,
+                        task,
+                        precision,
+                        stats,
+                        prompt_id=pid,
+                        instruction=text,
+                    )
+                    for pid, text in prompts
+                ],
+                ignore_index=True,
             )
             scored = score_predictions(preds)
             scored.to_parquet(out if single else out / f"{task}.parquet", index=False)
-            log.info(
-                "%s: n=%d rougeL=%.1f exact_match=%.1f label_accuracy=%.1f",
-                task,
-                len(scored),
-                scored["rougeL"].mean(),
-                scored["exact_match"].mean(),
-                scored["label_accuracy"].mean(),
-            )
+            for pid, part in scored.groupby("prompt_id", sort=False):
+                log.info(
+                    "%s [%s]: n=%d rougeL=%.1f exact_match=%.1f label_accuracy=%.1f",
+                    task,
+                    pid,
+                    len(part),
+                    part["rougeL"].mean(),
+                    part["exact_match"].mean(),
+                    part["label_accuracy"].mean(),
+                )
         log.info(
             "%d adapters, precision %s: %d prompt + %d generated tokens in %.1f s",
             len(adapters),

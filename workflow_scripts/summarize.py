@@ -1,18 +1,52 @@
-"""Rule summarize: one summary table over every run of the config."""
+"""Rule summarize: one summary table over every run of the config, and a comparison."""
 
 from pathlib import Path
 
 import pandas as pd
 
+from promptcl.aggregate import compare_runs
 from promptcl.runtime import job_logging
+
+COLUMNS = [
+    "run",
+    "sequence",
+    "method",
+    "strategy",
+    "seed",
+    "metric",
+    "AP",
+    "AP_se",
+    "BWT",
+    "BWT_se",
+    "FWT",
+    "FWT_se",
+    "F",
+    "F_se",
+    "unseen_mean",
+    "unseen_mean_se",
+    "robust_mean",
+    "robust_std",
+    "train_seconds",
+    "scoring_seconds",
+]
 
 
 def main(snakemake) -> None:
-    with job_logging(snakemake.log[0]):
+    with job_logging(snakemake.log[0]) as log:
         summaries = [pd.read_parquet(p) for p in snakemake.input]
-        pd.concat(summaries, ignore_index=True).to_parquet(snakemake.output.table, index=False)
+        table = pd.concat(summaries, ignore_index=True)
+        table.to_parquet(snakemake.output.table, index=False)
         texts = [Path(p).with_name("summary.txt").read_text() for p in snakemake.input]
+        if len(summaries) > 1:
+            overview = table[[c for c in COLUMNS if c in table.columns]]
+            texts.append(
+                "All runs (label accuracy):\n"
+                + overview[overview["metric"] == "label_accuracy"].round(2).to_string(index=False)
+                + "\n"
+            )
+            texts += [compare_runs(table, m) for m in ("label_accuracy", "rougeL")]
         Path(snakemake.output.text).write_text("\n\n".join(texts))
+        log.info("%d runs summarised", len(summaries))
 
 
 if __name__ == "__main__":

@@ -240,3 +240,78 @@ def format_matrix(cells: pd.DataFrame, metric: str) -> str:
         "-" if pd.isna(majority.get(t)) else f"{majority[t]:.1f}" for t in scores.columns
     ]
     return f"R[stage, task] for {metric} (± binomial/sample standard error):\n{text.to_string()}\n"
+
+
+def split_prompts(
+    predictions: Mapping[tuple[int, str], pd.DataFrame],
+) -> dict[str, dict[tuple[int, str], pd.DataFrame]]:
+    """Prediction tables per evaluation prompt id ("original", "heldout_1", ...)."""
+    out: dict[str, dict[tuple[int, str], pd.DataFrame]] = {}
+    for key, table in predictions.items():
+        ids = table["prompt_id"] if "prompt_id" in table.columns else pd.Series(["original"])
+        for pid in dict.fromkeys(ids):
+            part = table if "prompt_id" not in table.columns else table[table["prompt_id"] == pid]
+            out.setdefault(str(pid), {})[key] = part.reset_index(drop=True)
+    return out
+
+
+def robustness(
+    predictions: Mapping[tuple[int, str], pd.DataFrame],
+    sequence: Sequence[str],
+    unseen: Sequence[str],
+) -> pd.DataFrame:
+    """AP of the final state under each evaluation prompt, then its mean and SD across prompts.
+
+    One row per metric: ``prompts`` (how many), ``robust_mean``, ``robust_std`` (sample SD; NaN
+    with a single prompt) and ``AP_<prompt_id>`` for each prompt.
+    """
+    T = len(sequence)
+    per_prompt = {}
+    for pid, tables in split_prompts(predictions).items():
+        final = {k: v for k, v in tables.items() if k[0] == T and k[1] in sequence}
+        if len(final) != T:
+            continue  # a prompt evaluated on only some tasks cannot give an AP
+        per_prompt[pid] = {
+            metric: float(np.mean([_mean(final[(T, t)], metric) for t in sequence]))
+            for metric in METRICS
+        }
+    rows = []
+    for metric in METRICS:
+        values = {pid: v[metric] for pid, v in per_prompt.items()}
+        arr = np.array(list(values.values()), dtype=float)
+        rows.append(
+            {
+                "metric": metric,
+                "prompts": len(arr),
+                "robust_mean": float(np.mean(arr)) if len(arr) else math.nan,
+                "robust_std": float(np.std(arr, ddof=1)) if len(arr) > 1 else math.nan,
+                **{f"AP_{pid}": v for pid, v in values.items()},
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _mean(table: pd.DataFrame, metric: str) -> float:
+    values = table[metric].astype(float)
+    return float(values.mean()) if values.notna().any() else math.nan
+
+
+def compare_runs(summary: pd.DataFrame, metric: str, baseline: str | None = None) -> str:
+    """Each run's AP against the first (baseline) run, saying plainly when it is within noise.
+
+    The difference's SE treats the runs as independent (sqrt(se1² + se2²)); within 2 SE is
+    reported as "within noise", never as a win.
+    """
+    rows = summary[summary["metric"] == metric].reset_index(drop=True)
+    if rows.empty:
+        return ""
+    base = rows.iloc[0] if baseline is None else rows[rows["run"] == baseline].iloc[0]
+    lines = [f"AP ({metric}) against {base['run']}:"]
+    for _, row in rows.iterrows():
+        if row["run"] == base["run"]:
+            continue
+        diff = row["AP"] - base["AP"]
+        se = math.sqrt(row["AP_se"] ** 2 + base["AP_se"] ** 2)
+        verdict = "within noise" if abs(diff) < 2 * se else ("higher" if diff > 0 else "lower")
+        lines.append(f"  {row['run']}: {diff:+.2f} ± {se:.2f} ({verdict})")
+    return "\n".join(lines) + "\n"

@@ -32,6 +32,7 @@ CANDIDATE_COLUMNS = [
     "request_index",
     "valid",
     "reject_reason",
+    "heldout",
 ]
 DEFAULT_DELIMITERS = ("<instruction>", "</instruction>")
 REQUEST_FIELDS = {"instruction", "labels", "open", "close"}
@@ -318,17 +319,55 @@ def candidates_from_pool(
 
 
 def _table(original, texts, reasons, backend, indices) -> pd.DataFrame:
-    rows = [(0, original, "original", "", -1, True, "")]
+    rows = [(0, original, "original", "", -1, True, "", False)]
     for cid, (text, reason, index) in enumerate(zip(texts, reasons[1:], indices, strict=True), 1):
         rows.append(
-            (cid, text or "", backend.name, backend.model, index, reason is None, reason or "")
+            (
+                cid,
+                text or "",
+                backend.name,
+                backend.model,
+                index,
+                reason is None,
+                reason or "",
+                False,
+            )
         )
     return pd.DataFrame(rows, columns=CANDIDATE_COLUMNS)
 
 
+def hold_out(table: pd.DataFrame, n: int) -> pd.DataFrame:
+    """Reserve the last ``n`` valid paraphrases for evaluation: no strategy may train on them."""
+    table = table.copy()
+    table["heldout"] = False
+    if n:
+        ids = table.loc[table["valid"] & (table["candidate_id"] > 0), "candidate_id"].tail(n)
+        table.loc[table["candidate_id"].isin(ids), "heldout"] = True
+    return table
+
+
+def training_pool(table: pd.DataFrame) -> pd.DataFrame:
+    """The candidates strategies may train with (held-out ones removed)."""
+    if "heldout" not in table.columns:
+        return table
+    return table[~table["heldout"].astype(bool)].reset_index(drop=True)
+
+
+def heldout_prompts(table: pd.DataFrame) -> list[tuple[str, int, str]]:
+    """(prompt_id, candidate_id, text) of the held-out paraphrases, numbered heldout_1..n."""
+    if "heldout" not in table.columns:
+        return []
+    rows = table[table["heldout"].astype(bool)]
+    return [
+        (f"heldout_{i}", int(cid), text)
+        for i, (cid, text) in enumerate(zip(rows["candidate_id"], rows["text"], strict=True), 1)
+    ]
+
+
 def require_valid(table: pd.DataFrame, min_valid: int, task: str) -> None:
     """Fail, naming the task and the reject reasons, when too few paraphrases survive."""
-    valid = int(table["valid"].sum()) - 1  # the original does not count
+    trainable = training_pool(table)
+    valid = int(trainable["valid"].sum()) - 1  # the original does not count
     if valid >= min_valid:
         return
     reasons = Counter(table.loc[~table["valid"], "reject_reason"])

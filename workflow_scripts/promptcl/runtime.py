@@ -43,3 +43,21 @@ def job_logging(
         finally:
             root.removeHandler(handler)
             sys.stdout, sys.stderr = old_out, old_err
+
+
+def input_list(value) -> list[str]:
+    """A named input as a list: Snakemake gives a single path as a plain string."""
+    return [value] if isinstance(value, str) else list(value)
+
+
+def load_job_state(snakemake):
+    """(model on its device, tokenizer, precision) for the model state named by a job's inputs."""
+    from .modeling import default_device, load_state, load_tokenizer, resolve_precision
+
+    options = snakemake.params.model
+    precision = resolve_precision(options["precision"])
+    trust = options["trust_remote_code"]
+    model_dir = Path(snakemake.input.model)
+    adapters = [Path(a) for a in input_list(snakemake.input.get("adapters", []))]
+    model = load_state(model_dir, adapters, precision, trust).to(default_device())
+    return model, load_tokenizer(model_dir, trust), precision

@@ -124,6 +124,57 @@ class PadCollator:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+class PromptedDataset(torch.utils.data.Dataset):
+    """Training examples whose instruction is chosen per (epoch, example) at fetch time.
+
+    Every example is pre-encoded with every candidate instruction, so a strategy only picks a
+    candidate id: ``choose(epoch, index)``. ``epoch`` is set by :class:`EpochTracker` before the
+    epoch's batches are drawn, which keeps draws independent of resumes and call order.
+    """
+
+    def __init__(self, encodings: dict[int, list[dict]], choose):
+        sizes = {len(v) for v in encodings.values()}
+        if len(sizes) != 1:
+            raise ValueError("every candidate must encode the same examples")
+        self.encodings = encodings
+        self.choose = choose
+        self.epoch = 0
+        self.size = sizes.pop()
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict:
+        return self.encodings[self.choose(self.epoch, index)][index]
+
+
+def _epoch_tracker():
+    from transformers import TrainerCallback
+
+    class EpochTracker(TrainerCallback):
+        def __init__(self, dataset: PromptedDataset):
+            self.dataset = dataset
+
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            self.dataset.epoch = int(state.epoch or 0)
+
+    return EpochTracker
+
+
+def encode_candidates(
+    tokenizer,
+    fmt: PromptFormat,
+    table: pd.DataFrame,
+    max_length: int,
+    candidates: dict[int, str],
+) -> dict[int, list[dict]]:
+    """The table encoded once per candidate instruction."""
+    return {
+        cid: encode_table(tokenizer, fmt, table, max_length, [text] * len(table))
+        for cid, text in candidates.items()
+    }
+
+
 def build_stage_model(
     model_dir: Path,
     previous_adapters: Sequence[Path],
@@ -132,24 +183,33 @@ def build_stage_model(
     precision: str = "fp32",
     trust_remote_code: bool = False,
     seed: int = 0,
+    method: str = "inclora",
 ):
-    """Base model + frozen LoRAs of stages 1..k-1 + a new trainable LoRA for stage k.
+    """The model that trains stage k.
 
-    The new LoRA's A matrix is random: seeding here makes a rerun (or a resumed job, whose A
-    comes from the checkpoint anyway) reproduce the same adapter.
+    inclora/olora: base + frozen LoRAs of stages 1..k-1 + a new trainable LoRA for stage k.
+    seqlora: base + one LoRA that continues training from stage k-1's (``previous_adapters``
+    is then just that adapter). A new LoRA's A matrix is random: seeding here makes a rerun (or
+    a resumed job, whose weights come from the checkpoint anyway) reproduce the same adapter.
     """
-    from peft import get_peft_model
+    from peft import PeftModel, get_peft_model
     from transformers import set_seed
 
-    if len(previous_adapters) != stage - 1:
+    expected = (1 if stage > 1 else 0) if method == "seqlora" else stage - 1
+    if len(previous_adapters) != expected:
         raise ValueError(
-            f"stage {stage} needs {stage - 1} earlier adapters, got {len(previous_adapters)}"
+            f"{method} stage {stage} needs {expected} earlier adapter(s), "
+            f"got {len(previous_adapters)}"
         )
     base = load_base_model(model_dir, precision, trust_remote_code)
     name = adapter_name(stage)
     set_seed(seed)
     if not previous_adapters:
         model = get_peft_model(base, lora.peft_config(), adapter_name=name)
+    elif method == "seqlora":
+        model = PeftModel.from_pretrained(
+            base, str(previous_adapters[0]), adapter_name=name, is_trainable=True
+        )
     else:
         model = attach_adapters(base, previous_adapters)
         model.add_adapter(name, lora.peft_config())
@@ -194,17 +254,30 @@ def _make_trainer_class():
         frozen earlier stages from the forward pass; here they stay active.
         """
 
-        def __init__(self, *args, adapter: str, **kwargs):
+        def __init__(self, *args, adapter: str, penalty=None, **kwargs):
             super().__init__(*args, **kwargs)
             self.adapter = adapter
+            self.penalty = penalty
             self._tokens = 0
             self._answer_tokens = 0
+            self._penalties: list[dict[str, float]] = []
             self._t0 = time.perf_counter()
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             self._tokens += int(inputs["attention_mask"].sum())
             self._answer_tokens += int((inputs["labels"] != IGNORE_INDEX).sum())
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if self.penalty is None or not model.training:
+                return loss
+            from . import olora  # looked up at call time: the divisor rule lives there
+
+            # one penalty per optimiser update, whichever way the Trainer scales the task loss
+            steps = olora.penalty_divisor(self, num_items_in_batch)
+            value, parts = self.penalty(self.model)
+            self._penalties.append({"penalty": float(value), **parts})
+            task = loss[0] if return_outputs else loss
+            total = task + value / steps
+            return (total, loss[1]) if return_outputs else total
 
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
             if "loss" in logs:
@@ -212,6 +285,11 @@ def _make_trainer_class():
                 logs["answer_tokens"] = self._answer_tokens
                 logs["elapsed_s"] = round(time.perf_counter() - self._t0, 3)
                 self._tokens = self._answer_tokens = 0
+                if self._penalties:
+                    for key in self._penalties[0]:
+                        logs[key] = sum(p[key] for p in self._penalties) / len(self._penalties)
+                    logs["task_loss"] = logs["loss"] - logs["penalty"]
+                    self._penalties = []
             super().log(logs, start_time)
 
         def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -249,10 +327,11 @@ class StageResult:
 def train_stage(
     model,
     tokenizer,
-    examples: list[dict],
+    examples,
     spec: TrainSpec,
     state_dir: Path,
     callbacks: Sequence = (),
+    penalty=None,
 ) -> StageResult:
     """Train the single trainable adapter, resuming from the newest checkpoint in ``state_dir``."""
     from transformers import TrainingArguments
@@ -291,8 +370,11 @@ def train_stage(
         train_dataset=examples,
         data_collator=PadCollator(tokenizer.pad_token_id),
         adapter=adapter,
+        penalty=penalty,
         callbacks=list(callbacks),
     )
+    if isinstance(examples, PromptedDataset):
+        trainer.add_callback(_epoch_tracker()(examples))
     resume = latest_checkpoint(state_dir)
     if resume:
         log.warning("resuming stage training from checkpoint %s", resume)
@@ -312,6 +394,9 @@ def train_stage(
             "elapsed_s": [float(h.get("elapsed_s", math.nan)) for h in history],
         }
     )
+    for extra in ("task_loss", "penalty", "orthogonal", "l2"):
+        if any(extra in h for h in history):
+            table[extra] = [float(h.get(extra, math.nan)) for h in history]
     tokens = int(table["tokens"].sum())
     info = {
         "adapter": adapter,
