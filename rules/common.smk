@@ -121,6 +121,15 @@ def train_options(wildcards):
     return options
 
 
+def deepspeed_config(wildcards):
+    """The DeepSpeed config as an input, so editing it reruns training (used when a stage trains
+    with several processes, or always with training.deepspeed_single_process)."""
+    path = config["training"]["deepspeed"]
+    if not path:
+        return {}
+    return {"deepspeed": str(WORKFLOW_DIR / path)}
+
+
 def stage_scores(wildcards):
     """Pre-update prompt losses, for strategies that choose by them (SAPO); none otherwise."""
     if not needs_scores(run_of(wildcards).strategy):

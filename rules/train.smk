@@ -6,6 +6,7 @@ rule train_stage:
     declared output (Snakemake deletes declared outputs before a job restarts)."""
     input:
         unpack(stage_scores),
+        unpack(deepspeed_config),
         model=MODEL_DIR,
         train=stage_train_table,
         candidates=stage_candidates,

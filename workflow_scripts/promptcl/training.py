@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .launch import TrainingInterrupted, preemption_guard, world_size
 from .modeling import adapter_name, attach_adapters, load_base_model
 from .prompting import IGNORE_INDEX, PromptFormat, encode
 
@@ -359,6 +360,7 @@ def train_stage(
         use_cpu=use_cpu,
         gradient_checkpointing=spec.gradient_checkpointing,
         deepspeed=spec.deepspeed,
+        ddp_find_unused_parameters=False,
         report_to="none",
         remove_unused_columns=False,
         dataloader_num_workers=0,
@@ -375,12 +377,19 @@ def train_stage(
     )
     if isinstance(examples, PromptedDataset):
         trainer.add_callback(_epoch_tracker()(examples))
+    guard = preemption_guard()
+    trainer.add_callback(guard)
     resume = latest_checkpoint(state_dir)
     if resume:
         log.warning("resuming stage training from checkpoint %s", resume)
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - started
+    if guard.stopped_at is not None and trainer.state.global_step < trainer.state.max_steps:
+        raise TrainingInterrupted(
+            f"training stopped on a signal at step {guard.stopped_at} of "
+            f"{trainer.state.max_steps}; checkpoint saved in {state_dir}, a rerun resumes from it"
+        )
     history = [h for h in trainer.state.log_history if "loss" in h]
     table = pd.DataFrame(
         {
@@ -407,6 +416,8 @@ def train_stage(
         "tokens": tokens,
         "tokens_per_second": round(tokens / seconds, 1) if seconds > 0 else None,
         "resumed_from": resume,
+        "resumed_at_step": int(Path(resume).name.rsplit("-", 1)[1]) if resume else 0,
+        "world_size": world_size(),
         "spec": asdict(spec),
     }
     return StageResult(log=table, info=info)
