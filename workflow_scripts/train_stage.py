@@ -1,8 +1,8 @@
 """Rule train_stage: train stage k's LoRA (method × prompt strategy) and save it.
 
 Under Snakemake, ``main`` runs the stage in this process (one GPU or the CPU) or, when the job
-has several GPUs (or ``training.processes`` asks for several processes), writes the job to
-``<state>/job.json`` and starts this same file under ``torchrun`` with ``--job``.
+has several GPUs (or ``training.processes`` asks for several processes, or DeepSpeed is used),
+writes the job to ``<state>/job.json`` and starts this same file under ``torchrun --job``.
 """
 
 import argparse
@@ -13,14 +13,16 @@ from pathlib import Path
 
 from promptcl.launch import process_count, rank, run_forwarding_signals, torchrun_command
 from promptcl.runtime import job_logging
-from promptcl.stage import JOB_FILE, StageJob, run_stage_job
+from promptcl.stage import JOB_FILE, StageJob, claim_state_dir, run_stage_job
 
 
 def run(job: StageJob, script: Path, log: logging.Logger) -> None:
     processes = process_count(job.training.get("processes", "auto"), job.gpus)
-    if processes == 1:
+    claim_state_dir(Path(job.state_dir), job.fingerprint(processes))
+    if processes == 1 and not job.uses_deepspeed(processes):
         run_stage_job(job, processes)
         return
+    # several processes, or DeepSpeed (which needs a launcher's rank/rendezvous environment)
     job_file = job.save(Path(job.state_dir) / JOB_FILE)
     cmd = torchrun_command(script, ["--job", str(job_file)], processes)
     log.info("launching %d training processes: %s", processes, " ".join(cmd))

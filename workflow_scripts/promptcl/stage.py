@@ -7,6 +7,7 @@ how a multi-GPU job runs the same entry point as a CPU one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 METHODS = ("inclora", "olora", "seqlora")
 JOB_FILE = "job.json"
+FINGERPRINT_FILE = "fingerprint.json"
 # training keys that decide how the job is launched, not what TrainSpec trains
 LAUNCH_KEYS = ("processes", "deepspeed", "deepspeed_single_process")
 
@@ -116,10 +118,39 @@ class StageJob:
             seed=self.run["seed"],
             precision=resolve_precision(self.model["precision"]),
         )
-        use_ds = self.deepspeed_config and (
-            processes > 1 or self.training.get("deepspeed_single_process", False)
+        return replace(
+            spec, deepspeed=self.deepspeed_config if self.uses_deepspeed(processes) else None
         )
-        return replace(spec, deepspeed=self.deepspeed_config if use_ds else None)
+
+    def uses_deepspeed(self, processes: int) -> bool:
+        return bool(self.deepspeed_config) and (
+            processes > 1 or bool(self.training.get("deepspeed_single_process", False))
+        )
+
+    def fingerprint(self, processes: int) -> dict:
+        """What a checkpoint in the state folder must agree with to be resumed: the whole job
+        (inputs, parameters) and its launch (ZeRO checkpoints are tied to the process count)."""
+        job = {k: v for k, v in asdict(self).items() if k not in ("threads", "gpus")}
+        ds = self.uses_deepspeed(processes)
+        digest = hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode())
+        if ds:
+            digest.update(Path(self.deepspeed_config).read_bytes())
+        return {"processes": processes, "deepspeed": ds, "sha256": digest.hexdigest()}
+
+
+def claim_state_dir(state_dir: Path, fingerprint: dict) -> None:
+    """Keep the state folder's checkpoints only if they were written by this same job.
+
+    A job that failed, had its parameters (or process count) changed and was rerun must not
+    resume another configuration's weights and optimiser state.
+    """
+    path = state_dir / FINGERPRINT_FILE
+    if path.is_file() and json.loads(path.read_text()) != fingerprint:
+        stale = sorted(p.name for p in state_dir.glob("checkpoint-*"))
+        log.warning("discarding checkpoints %s written by a different job or launch", stale)
+        shutil.rmtree(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(fingerprint, indent=2) + "\n")
 
 
 def _dataset_and_prompt(job: StageJob, model_dir: Path, table, candidates, scores, callbacks):
