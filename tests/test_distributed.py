@@ -48,6 +48,9 @@ def variants(tiny_model_dir, tmp_path_factory) -> dict[str, dict]:
         "plain": _train(work, "plain"),
         "deepspeed": _train(work, "ds", deepspeed_single_process=True),
         "ddp2": _train(work, "ddp2", processes=2, deepspeed=None),
+        "zero3": _train(
+            work, "zero3", deepspeed="config/deepspeed/zero3.json", deepspeed_single_process=True
+        ),
     }
 
 
@@ -61,6 +64,15 @@ def test_deepspeed_zero2_single_process_matches_the_plain_loss_curve(variants):
     np.testing.assert_allclose(ds["log"]["loss"], plain["log"]["loss"], rtol=1e-4)
     for key, want in plain["adapter"].items():
         np.testing.assert_allclose(ds["adapter"][key].float(), want.float(), atol=1e-5)
+
+
+def test_deepspeed_zero3_gathers_the_sharded_lora_before_saving(variants):
+    plain, z3 = variants["plain"], variants["zero3"]
+    assert z3["info"]["spec"]["deepspeed"].endswith("config/deepspeed/zero3.json")
+    np.testing.assert_allclose(z3["log"]["loss"], plain["log"]["loss"], rtol=1e-4)
+    for key, want in plain["adapter"].items():
+        assert z3["adapter"][key].shape == want.shape, "a full tensor, not an empty shard"
+        np.testing.assert_allclose(z3["adapter"][key].float(), want.float(), atol=1e-5)
 
 
 def test_two_processes_train_with_ddp_and_only_rank_0_writes(variants):
@@ -107,6 +119,16 @@ def test_state_folder_keeps_checkpoints_only_for_the_same_job_and_launch(tmp_pat
     changed = _job(tmp_path, learning_rate=2e-3)
     claim_state_dir(state, changed.fingerprint(2))  # other parameters: another job's weights
     assert not (state / "checkpoint-2").exists()
+
+
+def test_olora_refuses_zero3_by_name(tmp_path):
+    from promptcl.stage import run_stage_job
+
+    job = _job(tmp_path, deepspeed_single_process=True)
+    job.run["method"] = "olora"
+    job.deepspeed_config = job.deepspeed_config.replace("zero2", "zero3")
+    with pytest.raises(ValueError, match="training.deepspeed: .*zero3.json is ZeRO-3"):
+        run_stage_job(job)
 
 
 def test_deepspeed_is_used_for_several_processes_or_when_asked(tmp_path):

@@ -64,6 +64,8 @@ def test_signal_saves_a_checkpoint_and_the_rerun_ends_with_the_same_adapter(
     model = build_stage_model(tiny_model_dir, [], LORA, 1)
     result = train_stage(model, tiny_tokenizer, examples, spec, state)
     assert result.info["resumed_at_step"] == 1 and result.info["steps"] == 4
+    [interruption] = result.info["interruptions"]
+    assert interruption["step"] == 1 and interruption["signal"] == signal.Signals(signum).name
     # the log table is continuous across the interruption: step 1 comes from the checkpoint
     assert list(result.log["step"]) == [1, 2, 3, 4]
     save_adapter(model, "stage_1", tmp_path / "resumed", str(tiny_model_dir))

@@ -138,6 +138,11 @@ class StageJob:
         return {"processes": processes, "deepspeed": ds, "sha256": digest.hexdigest()}
 
 
+def zero_stage(deepspeed_config: str) -> int:
+    cfg = json.loads(Path(deepspeed_config).read_text())
+    return int(cfg.get("zero_optimization", {}).get("stage", 0))
+
+
 def claim_state_dir(state_dir: Path, fingerprint: dict) -> None:
     """Keep the state folder's checkpoints only if they were written by this same job.
 
@@ -214,6 +219,12 @@ def run_stage_job(job: StageJob, processes: int = 1) -> dict | None:
     model_dir = Path(job.model_dir)
     state_dir = Path(job.state_dir)
     spec = job.train_spec(processes)
+    if method == "olora" and spec.deepspeed and zero_stage(spec.deepspeed) == 3:
+        raise ValueError(
+            f"training.deepspeed: {spec.deepspeed} is ZeRO-3, which shards the LoRA A matrices "
+            "that the O-LoRA penalty reads outside the forward pass; "
+            "use config/deepspeed/zero2.json"
+        )
     model = build_stage_model(
         model_dir,
         [Path(p) for p in job.previous],
@@ -254,7 +265,7 @@ def run_stage_job(job: StageJob, processes: int = 1) -> dict | None:
     if not is_main_process():
         return None
     out = Path(job.adapter_out)
-    save_adapter(model, adapter_name(stage), out, str(model_dir.resolve()))
+    save_adapter(model, adapter_name(stage), out, str(model_dir.resolve()), result.state_dict)
     info = {**result.info, "run": job.run["run"], "stage": stage, "task": job.task}
     info["method"] = method
     info["prompt"] = {"strategy": job.run["strategy"], **prompt}

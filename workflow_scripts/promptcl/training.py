@@ -229,10 +229,14 @@ def trainable_adapter(model) -> str:
     return names.pop()
 
 
-def save_adapter(model, name: str, out_dir: Path, base_model_path: str) -> None:
-    """Write only the new stage's LoRA as a standard PEFT folder (``PeftModel.from_pretrained``)."""
+def save_adapter(
+    model, name: str, out_dir: Path, base_model_path: str, state_dict: dict | None = None
+) -> None:
+    """Write only the new stage's LoRA as a standard PEFT folder (``PeftModel.from_pretrained``).
+
+    ``state_dict``: weights gathered from DeepSpeed ZeRO-3 shards (the model's own are empty)."""
     with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
-        model.save_pretrained(tmp, selected_adapters=[name])
+        model.save_pretrained(tmp, selected_adapters=[name], state_dict=state_dict)
         src = Path(tmp) / name if (Path(tmp) / name).is_dir() else Path(tmp)
         cfg_path = src / "adapter_config.json"
         cfg = json.loads(cfg_path.read_text())
@@ -323,6 +327,8 @@ def latest_checkpoint(state_dir: Path) -> str | None:
 class StageResult:
     log: pd.DataFrame
     info: dict
+    # the full weights when DeepSpeed ZeRO-3 sharded them (gathered on every rank), else None
+    state_dict: dict | None = None
 
 
 def train_stage(
@@ -386,10 +392,15 @@ def train_stage(
     output = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - started
     if guard.stopped_at is not None and trainer.state.global_step < trainer.state.max_steps:
+        if trainer.args.should_save:
+            _record_interruption(state_dir, guard)
         raise TrainingInterrupted(
             f"training stopped on a signal at step {guard.stopped_at} of "
             f"{trainer.state.max_steps}; checkpoint saved in {state_dir}, a rerun resumes from it"
         )
+    gathered = None
+    if trainer.is_deepspeed_enabled and _zero_stage(trainer) == 3:
+        gathered = trainer.accelerator.get_state_dict(trainer.deepspeed)  # a collective
     history = [h for h in trainer.state.log_history if "loss" in h]
     table = pd.DataFrame(
         {
@@ -417,7 +428,36 @@ def train_stage(
         "tokens_per_second": round(tokens / seconds, 1) if seconds > 0 else None,
         "resumed_from": resume,
         "resumed_at_step": int(Path(resume).name.rsplit("-", 1)[1]) if resume else 0,
+        "interruptions": _interruptions(state_dir),
         "world_size": world_size(),
         "spec": asdict(spec),
     }
-    return StageResult(log=table, info=info)
+    return StageResult(log=table, info=info, state_dict=gathered)
+
+
+INTERRUPTIONS_FILE = "interruptions.json"
+
+
+def _interruptions(state_dir: Path) -> list[dict]:
+    path = state_dir / INTERRUPTIONS_FILE
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def _record_interruption(state_dir: Path, guard) -> None:
+    """Kept in the state folder across attempts, and in the stage record once it finishes."""
+    import signal
+
+    entries = _interruptions(state_dir)
+    entries.append(
+        {
+            "step": guard.stopped_at,
+            "signal": signal.Signals(guard.received).name if guard.received else "peer rank",
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+    )
+    (state_dir / INTERRUPTIONS_FILE).write_text(json.dumps(entries, indent=2) + "\n")
+
+
+def _zero_stage(trainer) -> int:
+    plugin = trainer.accelerator.state.deepspeed_plugin
+    return int(plugin.zero_stage) if plugin is not None else 0
