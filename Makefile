@@ -24,8 +24,10 @@ demo: $(VENV)/.installed
 	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
 	@cat results/summary.txt
 
+# the venv's bin on PATH: DeepSpeed compiles its CPU op with the ninja installed there, and
+# SLURM jobs (sbatch --export=ALL) find the same tools
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check workflow_scripts tests benchmarks
