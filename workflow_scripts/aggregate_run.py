@@ -38,8 +38,8 @@ def main(snakemake) -> None:
             json.loads((Path(a) / "promptcl_stage.json").read_text())
             for a in input_list(snakemake.input.adapters)
         ]
-        summary["train_seconds"] = round(sum(i["train_seconds"] for i in infos), 1)
-        summary["scoring_seconds"] = round(sum(i.get("scoring_seconds", 0.0) for i in infos), 1)
+        summary["train_seconds"] = round(sum(i["train_seconds"] for i in infos), 3)
+        summary["scoring_seconds"] = round(sum(i.get("scoring_seconds", 0.0) for i in infos), 3)
         summary["prompts_trained"] = json.dumps(
             [i["prompt"].get("candidate_id", i["prompt"].get("candidate_ids")) for i in infos]
         )

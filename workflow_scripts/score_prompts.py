@@ -33,7 +33,7 @@ def main(snakemake) -> None:
         )
         scores["rank"] = scores["mean_token_loss"].rank(method="first").astype(int)
         scores["adapters"] = len(adapters)
-        scores["seconds"] = round(stats.seconds, 2)
+        scores["seconds"] = round(stats.seconds, 4)
         scores.to_parquet(snakemake.output[0], index=False)
         log.info("\n%s", scores.to_string(index=False))
         log.info(
