@@ -100,3 +100,23 @@ def test_forwarding_runner_passes_sigterm_to_the_child(tmp_path):
     threading.Thread(target=fire, daemon=True).start()
     code = launch.run_forwarding_signals([sys.executable, "-c", child], out)
     assert code == 3 and marker.read_text() == "x"
+
+
+def test_signal_during_setup_stops_after_the_first_step_with_a_checkpoint(
+    tiny_model_dir, tiny_tokenizer, tmp_path
+):
+    """A time-limit warning can come while the model still loads: the job keeps what it can."""
+    guard = launch.preemption_guard()
+    guard.install()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)  # "during setup": before the Trainer exists
+        model = build_stage_model(tiny_model_dir, [], LORA, 1)
+        examples = encode_table(tiny_tokenizer, FMT, _table(8, "yes"), 128)
+        spec = _spec(tmp_path, max_steps=4, save_steps=10)
+        with pytest.raises(TrainingInterrupted, match="step 1 of 4"):
+            train_stage(model, tiny_tokenizer, examples, spec, tmp_path / "state", guard=guard)
+        assert signal.getsignal(signal.SIGTERM) == guard._handle, "the caller removes it"
+    finally:
+        guard.uninstall()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert (tmp_path / "state" / "checkpoint-1").is_dir()

@@ -67,11 +67,15 @@ def slurm_cluster():
         subprocess.run(["bash", str(SCRIPTS / "stop_local_slurm.sh")], timeout=120, check=False)
 
 
-def test_profile(tmp: Path) -> Path:
-    """config/profiles/slurm with only partition, account and polling timings replaced."""
+def test_profile(tmp: Path, train_timing: dict | None = None) -> Path:
+    """config/profiles/slurm with only partition, account and timings replaced (polling; for
+    the time-limit test also train_stage's runtime and signal lead time)."""
     profile = yaml.safe_load((REPO / "config/profiles/slurm/config.yaml").read_text())
     profile["default-resources"].update(slurm_partition="debug", slurm_account="testacct")
     profile.update({"slurm-init-seconds-before-status-checks": 2, "latency-wait": 5})
+    if train_timing:
+        assert set(train_timing) <= {"runtime", "slurm_extra"}
+        profile["set-resources"]["train_stage"].update(train_timing)
     folder = tmp / "profile"
     folder.mkdir()
     (folder / "config.yaml").write_text(yaml.safe_dump(profile))
@@ -100,13 +104,14 @@ def sacct_jobs(output: str) -> pd.DataFrame:
     for _ in range(30):  # slurmdbd records a finished job's TRES a few seconds late
         proc = subprocess.run(
             ["sacct", "-X", "-n", "-P", "--name", run_id, "-S", "now-1days"]
-            + ["-o", "JobID,State,Comment,ReqTRES,AllocTRES"],
+            + ["-o", "JobID,State,Comment,ReqTRES,AllocTRES,Timelimit"],
             capture_output=True,
             text=True,
             check=True,
         )
         rows = [line.split("|") for line in proc.stdout.splitlines() if line.strip()]
-        table = pd.DataFrame(rows, columns=["job", "state", "comment", "req", "alloc"])
+        columns = ["job", "state", "comment", "req", "alloc", "timelimit"]
+        table = pd.DataFrame(rows, columns=columns)
         if len(table) and (table["req"] != "").all() and not table["state"].isin(["RUNNING"]).any():
             break
         time.sleep(1)
@@ -162,18 +167,29 @@ def test_metrics_equal_those_of_a_local_run(pipeline):
     assert (pipeline["work"] / "results/summary.txt").is_file()
 
 
-# --- preemption: scancel a training job mid-stage ---------------------------------------------
+# --- preemption and time limits: a training job stopped mid-stage resumes on retry ------------
 
 
-STEPS = 120
+STEPS = 300  # about 50 s of training on this CPU: long enough to be stopped in the middle
+TARGET = f"results/{RUN}/stage_1/adapter"
+WEIGHTS = f"{TARGET}/adapter_model.safetensors"
 
 
 def _preemption_config(model_dir: Path) -> dict:
     config = tiny_config(model_dir)
     config["sequences"]["tiny"]["tasks"] = ["task195"]
-    # no periodic checkpoint: the one to resume from can only come from the SIGTERM handler
+    # no periodic checkpoint: the one to resume from can only come from the signal handler
     config["training"].update({"max_steps": STEPS, "save_steps": 10_000, "logging_steps": 1})
     return config
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_model_dir, tmp_path_factory) -> dict:
+    """The same stage trained locally in one go: what every resumed run must end with."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    config = write_config(root / "config.yaml", _preemption_config(tiny_model_dir))
+    snakemake(root, TARGET, "--configfile", str(config))
+    return load_file(str(root / WEIGHTS))
 
 
 def _cancel_training_mid_stage(work: Path, stop: list) -> dict:
@@ -191,65 +207,85 @@ def _cancel_training_mid_stage(work: Path, stop: list) -> dict:
     return {}
 
 
-@pytest.fixture(scope="module")
-def preempted(slurm_cluster, tiny_model_dir, tmp_path_factory) -> dict:
+def _run_stage(root: Path, model_dir: Path, train_timing: dict | None = None, watch=None) -> dict:
     import threading
 
-    root = tmp_path_factory.mktemp("slurm_preemption")
-    config = write_config(root / "config.yaml", _preemption_config(tiny_model_dir))
-    target = f"results/{RUN}/stage_1/adapter"
+    config = write_config(root / "config.yaml", _preemption_config(model_dir))
     work = root / "slurm"
     work.mkdir()
-    cancelled: dict = {}
+    seen: dict = {}
     stop: list = []
-
-    def watcher():
-        cancelled.update(_cancel_training_mid_stage(work, stop))
-
-    thread = threading.Thread(target=watcher, daemon=True)
-    thread.start()
+    thread = threading.Thread(target=lambda: seen.update(watch(work, stop)), daemon=True)
+    if watch:
+        thread.start()
     try:
-        proc = run_on_slurm(work, test_profile(root), target, "--configfile", str(config))
+        proc = run_on_slurm(
+            work, test_profile(root, train_timing), TARGET, "--configfile", str(config)
+        )
     finally:
         stop.append(True)
-        thread.join(timeout=30)
-    local = root / "local"
-    snakemake(local, target, "--configfile", str(config))
-    return {
-        "work": work,
-        "local": local,
-        "cancelled": cancelled,
-        "jobs": sacct_jobs(proc.stdout + proc.stderr),
-        "output": proc.stdout + proc.stderr,
-    }
+        if watch:
+            thread.join(timeout=30)
+    output = proc.stdout + proc.stderr
+    info = json.loads((work / TARGET / "promptcl_stage.json").read_text())
+    return {"work": work, "seen": seen, "jobs": sacct_jobs(output), "output": output, "info": info}
 
 
-def test_cancelled_training_job_is_retried_by_snakemake(preempted):
-    assert preempted["cancelled"], "the training job was never seen running"
-    train = preempted["jobs"].query("rule == 'train_stage'")
-    states = [s.split()[0] for s in train["state"]]  # sacct: "CANCELLED by <uid>"
-    assert states == ["CANCELLED", "COMPLETED"], preempted["jobs"]
-    assert train["job"].iloc[0] == preempted["cancelled"]["job"]
-    assert "CANCELLED" in preempted["output"]
+@pytest.fixture(scope="module")
+def cancelled(slurm_cluster, tiny_model_dir, tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("slurm_scancel")
+    return _run_stage(root, tiny_model_dir, watch=_cancel_training_mid_stage)
 
 
-def test_retry_resumed_from_the_checkpoint_saved_on_sigterm(preempted):
-    stage = preempted["work"] / f"results/{RUN}/stage_1"
-    info = json.loads((stage / "adapter/promptcl_stage.json").read_text())
-    [interruption] = info["interruptions"]
-    assert interruption["signal"] == "SIGTERM"
-    assert interruption["step"] >= preempted["cancelled"]["logged_steps"]
-    assert 0 < info["resumed_at_step"] == interruption["step"] < STEPS
+@pytest.fixture(scope="module")
+def time_limited(slurm_cluster, tiny_model_dir, tmp_path_factory) -> dict:
+    """train_stage with a 2-minute limit (× attempt) and SIGTERM 90 s before it: attempt 1 is
+    warned mid-training (SLURM checks limits coarsely, so possibly during setup)."""
+    root = tmp_path_factory.mktemp("slurm_time_limit")
+    timing = {"runtime": "2 * attempt", "slurm_extra": "'--signal=TERM@90'"}
+    return _run_stage(root, tiny_model_dir, train_timing=timing)
+
+
+def _states(run: dict) -> list[str]:
+    train = run["jobs"].query("rule == 'train_stage'")
+    return [state.split()[0] for state in train["state"]]  # sacct: "CANCELLED by <uid>"
+
+
+def _assert_resumed_to_the_uninterrupted_adapter(run: dict, uninterrupted: dict) -> None:
+    info = run["info"]
+    assert info["interruptions"], "the signal handler recorded no interruption"
+    assert {i["signal"] for i in info["interruptions"]} == {"SIGTERM"}
+    assert 0 < info["resumed_at_step"] == info["interruptions"][-1]["step"] < STEPS
     assert info["steps"] == STEPS
+    stage = run["work"] / f"results/{RUN}/stage_1"
     log = pd.read_parquet(stage / "train_log.parquet")
     assert list(log["step"]) == list(range(1, STEPS + 1)), "one continuous loss curve"
     assert not (stage / "state").exists(), "the state folder goes once the outputs are complete"
+    got = load_file(str(run["work"] / WEIGHTS))
+    assert got.keys() == uninterrupted.keys()
+    for key, want in uninterrupted.items():
+        assert torch.allclose(want, got[key], atol=1e-6), key
 
 
-def test_resumed_adapter_equals_an_uninterrupted_run(preempted):
-    weights = f"results/{RUN}/stage_1/adapter/adapter_model.safetensors"
-    got = load_file(str(preempted["work"] / weights))
-    want = load_file(str(preempted["local"] / weights))
-    assert want.keys() == got.keys()
-    for key in want:
-        assert torch.allclose(want[key], got[key], atol=1e-6), key
+def test_cancelled_training_job_is_retried_by_snakemake(cancelled):
+    assert cancelled["seen"], "the training job was never seen running"
+    assert _states(cancelled) == ["CANCELLED", "COMPLETED"], cancelled["jobs"]
+    train = cancelled["jobs"].query("rule == 'train_stage'")
+    assert train["job"].iloc[0] == cancelled["seen"]["job"]
+    assert cancelled["info"]["interruptions"][0]["step"] >= cancelled["seen"]["logged_steps"]
+
+
+def test_cancelled_job_resumed_from_its_sigterm_checkpoint_to_the_same_adapter(
+    cancelled, uninterrupted
+):
+    _assert_resumed_to_the_uninterrupted_adapter(cancelled, uninterrupted)
+
+
+def test_time_limit_warning_checkpoints_and_the_longer_retry_resumes(time_limited, uninterrupted):
+    states = _states(time_limited)
+    assert states[-1] == "COMPLETED" and set(states[:-1]) == {"FAILED"}, time_limited["jobs"]
+    assert len(states) == len(time_limited["info"]["interruptions"]) + 1
+    train = time_limited["jobs"].query("rule == 'train_stage'")
+    limits = list(train["timelimit"])
+    assert limits[:2] == ["00:02:00", "00:04:00"], "the retry asks for runtime × attempt"
+    _assert_resumed_to_the_uninterrupted_adapter(time_limited, uninterrupted)

@@ -122,7 +122,12 @@ def _any_rank(flag: bool) -> bool:
 
 
 def preemption_guard():
-    """A TrainerCallback: on SIGTERM/SIGUSR1, checkpoint at the end of the current step and stop."""
+    """A TrainerCallback: on SIGTERM/SIGUSR1, checkpoint at the end of the current step and stop.
+
+    :meth:`install` it as early as the job starts: a signal that arrives while the model is
+    still loading then stops training after its first step, with a checkpoint, instead of
+    killing the process with nothing saved.
+    """
     from transformers import TrainerCallback
 
     class PreemptionGuard(TrainerCallback):
@@ -139,19 +144,22 @@ def preemption_guard():
                 )
             self.received = signum
 
-        def on_train_begin(self, args, state, control, **kwargs):
-            if threading.current_thread() is threading.main_thread():
+        def install(self) -> None:
+            if not self._previous and threading.current_thread() is threading.main_thread():
                 self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+
+        def uninstall(self) -> None:
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler)
+            self._previous = {}
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.install()
 
         def on_step_end(self, args, state, control, **kwargs):
             if _any_rank(self.received is not None):
                 control.should_save = True
                 control.should_training_stop = True
                 self.stopped_at = state.global_step
-
-        def on_train_end(self, args, state, control, **kwargs):
-            for signum, handler in self._previous.items():
-                signal.signal(signum, handler)
-            self._previous = {}
 
     return PreemptionGuard()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from .adaptive import Selection, rescore_callback
-from .launch import is_main_process, world_size
+from .launch import is_main_process, preemption_guard, world_size
 from .modeling import adapter_name, load_tokenizer, resolve_precision
 from .olora import OLoraSpec, orthogonality_penalty
 from .paraphrase import training_pool
@@ -210,7 +210,19 @@ def _dataset_and_prompt(job: StageJob, model_dir: Path, table, candidates, score
 
 
 def run_stage_job(job: StageJob, processes: int = 1) -> dict | None:
-    """Set up, train and (on rank 0) save stage k; returns the stage record on rank 0."""
+    """Set up, train and (on rank 0) save stage k; returns the stage record on rank 0.
+
+    SIGTERM/SIGUSR1 are caught from the start to the end of the job: during setup or training
+    they mean "checkpoint after the next step and stop"; during the final save they wait."""
+    guard = preemption_guard()
+    guard.install()
+    try:
+        return _run_stage_job(job, processes, guard)
+    finally:
+        guard.uninstall()
+
+
+def _run_stage_job(job: StageJob, processes: int, guard) -> dict | None:
     method = job.run["method"]
     if method not in METHODS:
         raise ValueError(f"runs.methods: method '{method}' is not implemented")
@@ -261,7 +273,7 @@ def run_stage_job(job: StageJob, processes: int = 1) -> dict | None:
         world_size(),
         f", DeepSpeed {spec.deepspeed}" if spec.deepspeed else "",
     )
-    result = train_stage(model, tokenizer, dataset, spec, state_dir, callbacks, penalty)
+    result = train_stage(model, tokenizer, dataset, spec, state_dir, callbacks, penalty, guard)
     if not is_main_process():
         return None
     out = Path(job.adapter_out)

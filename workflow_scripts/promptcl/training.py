@@ -339,8 +339,12 @@ def train_stage(
     state_dir: Path,
     callbacks: Sequence = (),
     penalty=None,
+    guard=None,
 ) -> StageResult:
-    """Train the single trainable adapter, resuming from the newest checkpoint in ``state_dir``."""
+    """Train the single trainable adapter, resuming from the newest checkpoint in ``state_dir``.
+
+    ``guard``: a :func:`~promptcl.launch.preemption_guard` the caller installed early (and
+    removes); by default one is made here and removed when training ends."""
     from transformers import TrainingArguments
 
     adapter = trainable_adapter(model)
@@ -383,13 +387,18 @@ def train_stage(
     )
     if isinstance(examples, PromptedDataset):
         trainer.add_callback(_epoch_tracker()(examples))
-    guard = preemption_guard()
+    owned = guard is None
+    guard = preemption_guard() if owned else guard
     trainer.add_callback(guard)
     resume = latest_checkpoint(state_dir)
     if resume:
         log.warning("resuming stage training from checkpoint %s", resume)
     started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=resume)
+    try:
+        output = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        if owned:
+            guard.uninstall()
     seconds = time.perf_counter() - started
     if guard.stopped_at is not None and trainer.state.global_step < trainer.state.max_steps:
         if trainer.args.should_save:
