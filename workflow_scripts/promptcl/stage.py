@@ -39,6 +39,7 @@ from .training import (
     latest_checkpoint,
     save_adapter,
     train_stage,
+    zero_stage,
 )
 
 log = logging.getLogger(__name__)
@@ -136,11 +137,6 @@ class StageJob:
         if ds:
             digest.update(Path(self.deepspeed_config).read_bytes())
         return {"processes": processes, "deepspeed": ds, "sha256": digest.hexdigest()}
-
-
-def zero_stage(deepspeed_config: str) -> int:
-    cfg = json.loads(Path(deepspeed_config).read_text())
-    return int(cfg.get("zero_optimization", {}).get("stage", 0))
 
 
 def claim_state_dir(state_dir: Path, fingerprint: dict) -> None:

@@ -408,7 +408,7 @@ def train_stage(
             f"{trainer.state.max_steps}; checkpoint saved in {state_dir}, a rerun resumes from it"
         )
     gathered = None
-    if trainer.is_deepspeed_enabled and _zero_stage(trainer) == 3:
+    if spec.deepspeed and zero_stage(spec.deepspeed) == 3:
         gathered = trainer.accelerator.get_state_dict(trainer.deepspeed)  # a collective
     history = [h for h in trainer.state.log_history if "loss" in h]
     table = pd.DataFrame(
@@ -467,6 +467,7 @@ def _record_interruption(state_dir: Path, guard) -> None:
     (state_dir / INTERRUPTIONS_FILE).write_text(json.dumps(entries, indent=2) + "\n")
 
 
-def _zero_stage(trainer) -> int:
-    plugin = trainer.accelerator.state.deepspeed_plugin
-    return int(plugin.zero_stage) if plugin is not None else 0
+def zero_stage(deepspeed_config: str) -> int:
+    """The ZeRO stage a DeepSpeed config asks for (0 without zero_optimization)."""
+    cfg = json.loads(Path(deepspeed_config).read_text())
+    return int(cfg.get("zero_optimization", {}).get("stage", 0))
