@@ -152,13 +152,19 @@ def main() -> None:
     figures["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     if torch.cuda.is_available():
         figures["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    out = REPO / "results/benchmarks/model_throughput.json"
+    out = report(figures, "model_throughput")
+    print(f"(written to {out.relative_to(REPO)})")
+
+
+def report(figures: dict, name: str) -> Path:
+    """Print the figures as an aligned table and keep them in results/benchmarks/<name>.json."""
+    out = REPO / f"results/benchmarks/{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(figures, indent=2) + "\n")
     width = max(map(len, figures))
     for key, value in figures.items():
         print(f"{key:<{width}}  {value}")
-    print(f"(written to {out.relative_to(REPO)})")
+    return out
 
 
 if __name__ == "__main__":

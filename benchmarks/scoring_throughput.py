@@ -10,7 +10,6 @@ does). Both compute the same losses; the figures are tokens/s of real (non-pad) 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow_scripts"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from model_throughput import model_dir  # noqa: E402
+from model_throughput import model_dir, report  # noqa: E402
 
 from promptcl.inference import _autocast  # noqa: E402
 from promptcl.modeling import load_state, load_tokenizer, resolve_precision  # noqa: E402
@@ -111,12 +110,7 @@ def main() -> None:
         "speedup": round(naive_s / fast_s, 2),
         "max_loss_difference": float(f"{diff:.2e}"),
     }
-    out = REPO / "results/benchmarks/scoring_throughput.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(figures, indent=2) + "\n")
-    width = max(map(len, figures))
-    for key, value in figures.items():
-        print(f"{key:<{width}}  {value}")
+    report(figures, "scoring_throughput")
 
 
 if __name__ == "__main__":
