@@ -67,7 +67,7 @@ def slurm_cluster():
         subprocess.run(["bash", str(SCRIPTS / "stop_local_slurm.sh")], timeout=120, check=False)
 
 
-def test_profile(tmp: Path, train_timing: dict | None = None) -> Path:
+def slurm_test_profile(tmp: Path, train_timing: dict | None = None) -> Path:
     """config/profiles/slurm with only partition, account and timings replaced (polling; for
     the time-limit test also train_stage's runtime and signal lead time)."""
     profile = yaml.safe_load((REPO / "config/profiles/slurm/config.yaml").read_text())
@@ -80,9 +80,6 @@ def test_profile(tmp: Path, train_timing: dict | None = None) -> Path:
     folder.mkdir()
     (folder / "config.yaml").write_text(yaml.safe_dump(profile))
     return folder
-
-
-test_profile.__test__ = False  # a helper, not a test
 
 
 def run_on_slurm(work: Path, profile: Path, *args: str) -> subprocess.CompletedProcess:
@@ -125,7 +122,7 @@ def pipeline(slurm_cluster, tiny_model_dir, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("slurm_pipeline")
     config = write_config(root / "config.yaml", tiny_config(tiny_model_dir))
     work = root / "slurm"
-    proc = run_on_slurm(work, test_profile(root), "--configfile", str(config))
+    proc = run_on_slurm(work, slurm_test_profile(root), "--configfile", str(config))
     output = proc.stdout + proc.stderr
     local = root / "local"
     snakemake(local, "--configfile", str(config))
@@ -217,16 +214,17 @@ def _run_stage(root: Path, model_dir: Path, train_timing: dict | None = None, wa
     work.mkdir()
     seen: dict = {}
     stop: list = []
-    thread = threading.Thread(target=lambda: seen.update(watch(work, stop)), daemon=True)
+    thread = None
     if watch:
+        thread = threading.Thread(target=lambda: seen.update(watch(work, stop)), daemon=True)
         thread.start()
     try:
         proc = run_on_slurm(
-            work, test_profile(root, train_timing), TARGET, "--configfile", str(config)
+            work, slurm_test_profile(root, train_timing), TARGET, "--configfile", str(config)
         )
     finally:
         stop.append(True)
-        if watch:
+        if thread:
             thread.join(timeout=30)
     output = proc.stdout + proc.stderr
     info = json.loads((work / TARGET / "promptcl_stage.json").read_text())
