@@ -10,6 +10,55 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CHAT_TEMPLATES = REPO / "tests/fixtures/chat_templates"
+
+#: Model families: their chat template (tests/fixtures/chat_templates) and special tokens.
+FAMILIES = {
+    "qwen3": {
+        "template": "qwen3.jinja",
+        "tokens": {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+        "added": ["<think>", "</think>"],
+        "end_of_turn": "<|im_end|>",
+    },
+    "qwen2_5": {
+        "template": "qwen2_5.jinja",
+        "tokens": {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+        "end_of_turn": "<|im_end|>",
+    },
+    "llama2_chat": {
+        "template": "llama2_chat.jinja",
+        "tokens": {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"},
+        "end_of_turn": "</s>",
+    },
+    "gemma3": {
+        "template": "gemma3.jinja",
+        "tokens": {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>"},
+        "added_special": ["<start_of_turn>", "<end_of_turn>"],
+        "end_of_turn": "<end_of_turn>",
+    },
+    "smollm2": {"template": None, "tokens": {}, "end_of_turn": "<|im_end|>"},
+    "base": {"template": "", "tokens": {"bos_token": "<bos>", "eos_token": "<eos>"}},
+}
+
+
+def family_tokenizer(model_dir: Path, family: str):
+    """The project's tokenizer dressed as a model family: its special tokens and its real chat
+    template ("" = a base model without one; None = SmolLM2's own ChatML template)."""
+    from transformers import AutoTokenizer
+
+    spec = FAMILIES[family]
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.add_special_tokens(
+        {**spec["tokens"], "additional_special_tokens": spec.get("added_special", [])}
+    )
+    tokenizer.add_tokens(spec.get("added", []))
+    if spec["template"] == "":
+        tokenizer.chat_template = None
+    elif spec["template"]:
+        tokenizer.chat_template = (CHAT_TEMPLATES / spec["template"]).read_text()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:

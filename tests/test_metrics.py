@@ -25,11 +25,11 @@ from promptcl.metrics import (
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
-        ("The Cat!", "cat"),
-        ("  an   apple,  a pear ", "apple pear"),
+        ("The Cat!", "the cat"),  # SuperNI keeps articles
+        ("  an   apple,  a pear ", "an apple a pear"),
         ("Positive:\n1. positive", "positive 1 positive"),
         ("I'd rate it 4 stars.", "id rate it 4 stars"),
-        ("theatre", "theatre"),  # articles only as whole words
+        ("theatre", "theatre"),
         ("", ""),
     ],
 )
@@ -38,8 +38,9 @@ def test_normalize_answer(raw: str, expected: str) -> None:
 
 
 def test_exact_match() -> None:
-    assert exact_match("The answer.", ["answer"]) == 100.0
-    assert exact_match("answer", ["wrong", "An Answer"]) == 100.0
+    assert exact_match("Answer.", ["answer"]) == 100.0
+    assert exact_match("an answer", ["wrong", "An Answer"]) == 100.0
+    assert exact_match("The answer.", ["answer"]) == 0.0, "articles count, as in SuperNI"
     assert exact_match("answers", ["answer"]) == 0.0
     assert exact_match("", [""]) == 100.0
     with pytest.raises(ValueError):
@@ -253,3 +254,41 @@ def test_continual_metrics_bad_shape(shape: tuple[int, ...]) -> None:
 def test_continual_metrics_se_shape_mismatch() -> None:
     with pytest.raises(ValueError, match="SE matrix shape"):
         continual_metrics(R3, np.zeros((3, 3)))
+
+
+# --- one-letter answers (multiple choice) -----------------------------------------------------
+
+
+def test_one_letter_answers_are_not_erased_by_article_removal():
+    """'A' is an article to SQuAD's normalisation: an empty prediction must not match it."""
+    assert normalize_answer("A") == "a" and normalize_answer("A.") == "a"
+    assert exact_match("", ["A"]) == 0.0
+    assert exact_match("A", ["A"]) == 100.0 and exact_match("(A)", ["A"]) == 100.0
+    assert exact_match("B", ["A"]) == 0.0
+
+
+def test_multiple_choice_task_scores_letters(tmp_path):
+    """task073 (CommonsenseQA): references are the letters A-E."""
+    from promptcl.tasks import TaskSource, read_split, resolve_task
+
+    from .conftest import REPO
+
+    files = resolve_task("task073", [TaskSource("superni", REPO / "resources/tasks/superni")])
+    table = read_split(files, "test").head(40)
+    labels = list(table["labels"].iloc[0])
+    assert labels == ["A", "B", "C", "D", "E"]
+    truth = [refs[0] for refs in table["references"]]
+    wrong = [labels[(labels.index(r) + 1) % 5] for r in truth]
+    for predictions, expected in (
+        (truth, 100.0),
+        ([f"The answer is {r}." for r in truth], None),
+        ([""] * len(truth), 0.0),
+        (wrong, 0.0),
+    ):
+        scored = score_predictions(table.assign(prediction=predictions))
+        assert scored["label_accuracy"].mean() == (100.0 if expected is None else expected)
+        if expected is not None:
+            assert scored["exact_match"].mean() == expected
+    # "A. something" states the letter A first: label accuracy credits it
+    assert label_accuracy("A. express information", ["A"], labels) == 100.0
+    assert label_accuracy("", ["A"], labels) == 0.0

@@ -486,7 +486,7 @@ def bundled_task_names() -> list[str]:
 
 
 def test_bundled_tasks_exist() -> None:
-    assert len(bundled_task_names()) == 12
+    assert len(bundled_task_names()) == 13
 
 
 @pytest.mark.parametrize("name", bundled_task_names())

@@ -9,18 +9,24 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .paraphrase import FatalBackendError, Request, RequestFailed
+from .prompting import DEFAULT_CHAT_TEMPLATE_KWARGS
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class OpenAIBackend:
-    """Chat completions through the ``openai`` client (retries with backoff come from it)."""
+    """Chat completions through the ``openai`` client (retries with backoff come from it).
+
+    The client (and with it the API key) is made on the first request that is not cached, so a
+    rerun whose replies are all cached needs no key; a missing key stops that first request.
+    """
 
     base_url: str
     model: str
@@ -32,18 +38,29 @@ class OpenAIBackend:
     name: str = "openai"
 
     def __post_init__(self) -> None:
+        self._client = None
+        self._lock = threading.Lock()
+
+    def _connect(self):
         import openai
 
-        key = os.environ.get(self.api_key_env)
-        if not key:
-            raise FatalBackendError(
-                f"prompts.openai.api_key_env: environment variable {self.api_key_env} is not set"
-            )
-        self._client = openai.OpenAI(
-            api_key=key, base_url=self.base_url, timeout=self.timeout, max_retries=self.max_retries
-        )
-        for noisy in ("httpx", "httpcore", "httpx2", "httpcore2"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+        with self._lock:
+            if self._client is None:
+                key = os.environ.get(self.api_key_env)
+                if not key:
+                    raise FatalBackendError(
+                        f"prompts.openai.api_key_env: environment variable {self.api_key_env} "
+                        "is not set"
+                    )
+                self._client = openai.OpenAI(
+                    api_key=key,
+                    base_url=self.base_url,
+                    timeout=self.timeout,
+                    max_retries=self.max_retries,
+                )
+                for noisy in ("httpx", "httpcore", "httpx2", "httpcore2"):
+                    logging.getLogger(noisy).setLevel(logging.WARNING)
+            return self._client
 
     def options(self) -> dict[str, Any]:
         return {
@@ -55,8 +72,9 @@ class OpenAIBackend:
     def complete(self, request: Request) -> str:
         import openai
 
+        client = self._connect()
         try:
-            response = self._client.chat.completions.create(
+            response = client.chat.completions.create(
                 model=self.model,
                 messages=[{"role": "user", "content": request.text}],
                 temperature=self.temperature,
@@ -111,6 +129,10 @@ class LocalBackend:
     max_new_tokens: int = 256
     precision: str = "fp32"
     trust_remote_code: bool = False
+    #: the workflow's prompt.chat_template_kwargs (e.g. thinking off for a Qwen3 paraphraser)
+    chat_template_kwargs: tuple[tuple[str, object], ...] = tuple(
+        sorted(DEFAULT_CHAT_TEMPLATE_KWARGS.items())
+    )
     name: str = "local"
 
     def __post_init__(self) -> None:
@@ -126,14 +148,16 @@ class LocalBackend:
             "top_p": self.top_p,
             "max_new_tokens": self.max_new_tokens,
             "precision": self.precision,
+            "chat_template_kwargs": dict(self.chat_template_kwargs),
         }
 
     def complete(self, request: Request) -> str:
         import torch
 
-        from .prompting import PromptFormat, prompt_text, stop_token_ids
+        from .prompting import PromptFormat, prompt_text, stop_token_ids, strip_reasoning
 
-        text = prompt_text(self._tokenizer, PromptFormat(), request.text)
+        fmt = PromptFormat(chat_template_kwargs=tuple(self.chat_template_kwargs))
+        text = prompt_text(self._tokenizer, fmt, request.text)
         ids = self._tokenizer(text, add_special_tokens=False, return_tensors="pt")
         device = next(self._model.parameters()).device
         digest = hashlib.sha256(f"{request.seed}:{request.index}".encode()).digest()
@@ -147,14 +171,22 @@ class LocalBackend:
                 temperature=self.temperature,
                 top_p=self.top_p,
                 max_new_tokens=self.max_new_tokens,
-                eos_token_id=stop_token_ids(self._tokenizer),
+                eos_token_id=stop_token_ids(self._tokenizer, fmt),
                 pad_token_id=self._tokenizer.pad_token_id,
             )
-        return self._tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+        reply = self._tokenizer.decode(
+            out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True
+        )
+        return strip_reasoning(reply)
 
 
 def backend_from_config(
-    cfg: dict, model_dir: Path | None, model_name: str, precision: str, trust_remote_code: bool
+    cfg: dict,
+    model_dir: Path | None,
+    model_name: str,
+    precision: str,
+    trust_remote_code: bool,
+    chat_template_kwargs: dict | None = None,
 ):
     """The configured generating backend (``prompts.backend`` = openai or local)."""
     name = cfg["backend"]
@@ -182,5 +214,6 @@ def backend_from_config(
             max_new_tokens=o["max_new_tokens"],
             precision=precision,
             trust_remote_code=trust_remote_code,
+            chat_template_kwargs=tuple(sorted((chat_template_kwargs or {}).items())),
         )
     raise ValueError(f"prompts.backend: '{name}' does not generate (expected openai or local)")

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .prompting import PromptFormat, encode, stop_token_ids
+from .prompting import PromptFormat, encode, stop_token_ids, strip_reasoning
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,8 @@ def left_pad(seqs: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
-def _autocast(model, precision: str):
+def autocast(model, precision: str):
+    """bf16 autocast for a model whose weights are not already bf16 (a no-op otherwise)."""
     device_type = next(model.parameters()).device.type
     enabled = precision == "bf16" and next(model.parameters()).dtype != torch.bfloat16
     return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=enabled)
@@ -69,10 +70,13 @@ def generate(
     precision: str = "fp32",
     stats: GenerationStats | None = None,
     desc: str = "generate",
+    stops: Sequence[int] | None = None,
 ) -> list[str]:
-    """Greedy decoding in left-padded, length-sorted batches; results in input order."""
+    """Greedy decoding in left-padded, length-sorted batches; results in input order.
+
+    ``stops``: token ids that end an answer (default: :func:`stop_token_ids`)."""
     device = next(model.parameters()).device
-    stops = stop_token_ids(tokenizer)
+    stops = list(stops) if stops else stop_token_ids(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     outputs: list[str] = [""] * len(prompts)
@@ -81,7 +85,7 @@ def generate(
         idx = order[start : start + batch_size]
         ids, mask = left_pad([prompts[i] for i in idx], pad)
         width = ids.shape[1]
-        with _autocast(model, precision):
+        with autocast(model, precision):
             out = model.generate(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
@@ -109,7 +113,6 @@ def predict_table(
     tokenizer,
     table: pd.DataFrame,
     fmt: PromptFormat,
-    max_length: int,
     gen: GenerationSpec,
     task: str,
     precision: str = "fp32",
@@ -120,6 +123,8 @@ def predict_table(
     """Predictions for one task table (columns of :data:`promptcl.tasks.TABLE_COLUMNS`).
 
     ``instruction`` overrides the task's own (e.g. a held-out paraphrase); ``prompt_id`` names it.
+    ``raw_prediction`` is the decoded text; ``prediction`` (what is scored) has reasoning blocks
+    such as ``<think>…</think>`` removed.
     """
     new_tokens = gen.new_tokens_for(task)
     prompts: list[list[int]] = []
@@ -132,18 +137,26 @@ def predict_table(
             row.input,
             row.suffix,
             None,
-            max_length - new_tokens,
         )
         prompts.append(enc.input_ids)
         truncated.append(enc.truncated)
-    preds = generate(
-        model, tokenizer, prompts, new_tokens, gen.batch_size, precision, stats, desc=task
+    raw = generate(
+        model,
+        tokenizer,
+        prompts,
+        new_tokens,
+        gen.batch_size,
+        precision,
+        stats,
+        desc=task,
+        stops=stop_token_ids(tokenizer, fmt),
     )
     return pd.DataFrame(
         {
             "id": table["id"].to_numpy(),
             "prompt_id": prompt_id,
-            "prediction": preds,
+            "prediction": [strip_reasoning(text) for text in raw],
+            "raw_prediction": raw,
             "references": table["references"].to_numpy(),
             "labels": table["labels"].to_numpy(),
             "prompt_tokens": [len(p) for p in prompts],

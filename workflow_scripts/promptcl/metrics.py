@@ -1,7 +1,8 @@
 """Instance-level scores and continual-learning metrics, all on a 0-100 scale.
 
-Instance scores follow the SuperNI evaluation (SQuAD-style normalisation, ROUGE-L with stemming,
-max over references) so numbers are comparable with published results. Continual metrics are
+Instance scores follow the SuperNI evaluation, which the SAPO reference reuses (SQuAD-style
+normalisation without article removal, ROUGE-L with stemming, max over references), so numbers
+are comparable with published results. Continual metrics are
 expressed as coefficient matrices over the accuracy matrix so that one linear form gives both the
 value and, assuming independent cells, its standard error.
 """
@@ -23,7 +24,6 @@ METRICS = ("rougeL", "exact_match", "label_accuracy")
 CONTINUAL_METRICS = ("AP", "BWT", "FWT", "F", "BWT_avg", "FWT_avg")
 
 _PUNCTUATION = frozenset(string.punctuation)
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
 def as_str_list(value: Any) -> list[str]:
@@ -38,10 +38,10 @@ def as_str_list(value: Any) -> list[str]:
 
 
 def normalize_answer(s: str) -> str:
-    """Lower-case, strip punctuation and articles, collapse whitespace (SQuAD/SuperNI)."""
-    s = s.lower()
-    s = "".join(ch for ch in s if ch not in _PUNCTUATION)
-    s = _ARTICLES.sub(" ", s)
+    """Lower-case, strip punctuation, collapse whitespace: SuperNI's (and the SAPO reference's)
+    SQuAD normalisation *without* article removal, so the multiple-choice letter "A" stays "a"
+    and an empty prediction can never match it."""
+    s = "".join(ch for ch in s.lower() if ch not in _PUNCTUATION)
     return " ".join(s.split())
 
 

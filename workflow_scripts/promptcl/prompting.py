@@ -2,25 +2,38 @@
 
 The same encoding serves training (labels), prompt scoring (answer-token cross-entropy) and
 generation (prompt ids only), so the model is always conditioned on exactly the tokens it was
-trained on: prompt and answer are tokenised separately and concatenated.
+trained on: the prompt is the chat template's *generation prompt*, the target is the answer plus
+the template's end-of-turn token, and the two are tokenised separately and concatenated.
 """
 
 from __future__ import annotations
 
+import re
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 IGNORE_INDEX = -100
 TEMPLATE_FIELDS = {"instruction", "input", "suffix"}
+#: What a thinking template expects unless the config says otherwise (Qwen3: no <think> block).
+DEFAULT_CHAT_TEMPLATE_KWARGS = {"enable_thinking": False}
+#: Reasoning blocks some models emit before their answer; removed before scoring.
+REASONING_BLOCKS = (("<think>", "</think>"),)
 
 
 @dataclass(frozen=True)
 class PromptFormat:
-    """How a task instance becomes a user turn (``config.yaml: prompt``)."""
+    """How a task instance becomes the model's input (``config.yaml: prompt``)."""
 
     template: str = "{instruction}\n\n{input}\n\n{suffix}"
     system_prompt: str | None = None  # None: the chat template's own default (if any)
     use_chat_template: bool = True
+    #: extra variables of every ``apply_chat_template`` call, e.g. ``enable_thinking``
+    chat_template_kwargs: tuple[tuple[str, object], ...] = field(
+        default=tuple(sorted(DEFAULT_CHAT_TEMPLATE_KWARGS.items()))
+    )
+    #: the task input is cut to this many tokens (of its own tokenisation), the same budget in
+    #: training, scoring and evaluation whatever the instruction or the answer
+    max_input_tokens: int = 1024
 
     def __post_init__(self) -> None:
         fields = {f for _, f, _, _ in string.Formatter().parse(self.template) if f is not None}
@@ -30,13 +43,23 @@ class PromptFormat:
                 f"prompt.template: fields must be among {sorted(TEMPLATE_FIELDS)} and include "
                 f"{{input}}; got {sorted(fields)}"
             )
+        if self.max_input_tokens < 1:
+            raise ValueError(f"prompt.max_input_tokens must be >= 1, got {self.max_input_tokens}")
+
+    @property
+    def template_kwargs(self) -> dict:
+        return dict(self.chat_template_kwargs)
 
     @classmethod
     def from_config(cls, cfg: dict) -> PromptFormat:
+        kwargs = cfg.get("chat_template_kwargs")
+        kwargs = DEFAULT_CHAT_TEMPLATE_KWARGS if kwargs is None else kwargs
         return cls(
             template=cfg.get("template", cls.template),
             system_prompt=cfg.get("system_prompt"),
             use_chat_template=cfg.get("use_chat_template", True),
+            chat_template_kwargs=tuple(sorted(dict(kwargs).items())),
+            max_input_tokens=int(cfg.get("max_input_tokens", cls.max_input_tokens)),
         )
 
 
@@ -48,7 +71,7 @@ def render_user_turn(fmt: PromptFormat, instruction: str, input: str, suffix: st
     return text.strip()
 
 
-def _has_chat_template(tokenizer, fmt: PromptFormat) -> bool:
+def has_chat_template(tokenizer, fmt: PromptFormat) -> bool:
     return fmt.use_chat_template and bool(getattr(tokenizer, "chat_template", None))
 
 
@@ -57,38 +80,67 @@ def _messages(fmt: PromptFormat, user: str) -> list[dict]:
     return msgs + [{"role": "user", "content": user}]
 
 
+def _render(tokenizer, fmt: PromptFormat, messages: list[dict], generation: bool) -> str:
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=generation, **fmt.template_kwargs
+    )
+
+
 def prompt_text(tokenizer, fmt: PromptFormat, user: str) -> str:
-    """Everything the model sees before its answer."""
-    if _has_chat_template(tokenizer, fmt):
-        return tokenizer.apply_chat_template(
-            _messages(fmt, user), tokenize=False, add_generation_prompt=True
-        )
+    """Everything the model sees before its answer: the template's generation prompt."""
+    if has_chat_template(tokenizer, fmt):
+        return _render(tokenizer, fmt, _messages(fmt, user), generation=True)
     return user + "\n"
 
 
 def answer_text(tokenizer, fmt: PromptFormat, user: str, answer: str) -> str:
-    """The continuation the model must produce, ending with its end-of-turn token.
+    """The continuation the model must produce: the answer and the end-of-turn token, nothing else.
 
-    Without that token as a target the trained model never stops generating.
+    Rendered by the chat template itself (so a template that strips the answer or puts a space
+    before it is followed), then checked: only whitespace may come between the generation prompt
+    and the answer (a Qwen3 template with thinking on puts an empty ``<think>`` block there, which
+    would become a training target and part of every scored loss), and whatever the template puts
+    after the answer is reduced to its end-of-turn token (its trailing newline or space is not a
+    target). Without that token as a target the trained model never stops generating.
     """
     eos = tokenizer.eos_token or ""
-    if not _has_chat_template(tokenizer, fmt):
+    if not has_chat_template(tokenizer, fmt):
         return answer + eos
     prompt = prompt_text(tokenizer, fmt, user)
-    full = tokenizer.apply_chat_template(
-        _messages(fmt, user) + [{"role": "assistant", "content": answer}], tokenize=False
+    full = _render(
+        tokenizer, fmt, _messages(fmt, user) + [{"role": "assistant", "content": answer}], False
     )
     if not full.startswith(prompt):
         raise ValueError(
-            "the chat template renders the assistant turn in a way that does not extend the "
+            "the chat template renders the assistant turn in a way that does not extend its "
             "generation prompt; set prompt.use_chat_template: false for this model"
         )
-    cont = full[len(prompt) :]
-    if eos and eos in cont:
-        cont = cont[: cont.rindex(eos) + len(eos)]
-    elif eos:
-        cont = cont.rstrip() + eos
-    return cont
+    continuation = full[len(prompt) :]
+    core = answer.strip()
+    at = continuation.find(core)
+    if at < 0:
+        raise ValueError(
+            f"the chat template does not render the answer {core!r} verbatim; "
+            "set prompt.use_chat_template: false for this model"
+        )
+    before, after = continuation[:at], continuation[at + len(core) :]
+    if before.strip():
+        raise ValueError(
+            f"the chat template puts {before!r} between the generation prompt and the answer, so "
+            "it would be trained and scored as part of every answer; set "
+            "prompt.chat_template_kwargs (e.g. enable_thinking: false for Qwen3) so that it does "
+            "not"
+        )
+    end = after.strip().split()[0] if after.strip() else eos
+    return before + core + end
+
+
+def end_of_turn_token(tokenizer, fmt: PromptFormat) -> str | None:
+    """The token that ends an answer under this format (the template's, else eos)."""
+    if not has_chat_template(tokenizer, fmt):
+        return tokenizer.eos_token
+    sample = answer_text(tokenizer, fmt, "x", "y")
+    return sample[sample.index("y") + 1 :] or tokenizer.eos_token
 
 
 @dataclass
@@ -103,6 +155,18 @@ def _ids(tokenizer, text: str, special: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
+def truncate_input(tokenizer, text: str, budget: int) -> tuple[str, bool]:
+    """The first ``budget`` tokens of a task input (its own tokenisation), and whether it was cut.
+
+    The budget does not depend on the instruction, the suffix or the answer, so every candidate
+    prompt is scored, trained and evaluated on the same part of every input.
+    """
+    ids = _ids(tokenizer, text, False)
+    if len(ids) <= budget:
+        return text, False
+    return tokenizer.decode(ids[:budget]), True
+
+
 def encode(
     tokenizer,
     fmt: PromptFormat,
@@ -110,37 +174,19 @@ def encode(
     input: str,
     suffix: str,
     answer: str | None,
-    max_length: int,
 ) -> Encoded:
     """Tokenise one instance; ``answer=None`` encodes the prompt only (for generation).
 
-    When too long, the task *input* is shortened (never the instruction, suffix or answer), so
-    the prompt under study is always seen whole. ``max_length`` counts prompt + answer tokens.
+    The task input is cut to ``fmt.max_input_tokens``; the instruction, suffix and answer never
+    are, so the prompt under study is always seen whole.
     """
-    special = not _has_chat_template(tokenizer, fmt)
-    truncated = False
-    for _ in range(4):
-        user = render_user_turn(fmt, instruction, input, suffix)
-        prompt_ids = _ids(tokenizer, prompt_text(tokenizer, fmt, user), special)
-        answer_ids = (
-            []
-            if answer is None
-            else _ids(tokenizer, answer_text(tokenizer, fmt, user, answer), False)
-        )
-        excess = len(prompt_ids) + len(answer_ids) - max_length
-        if excess <= 0:
-            break
-        input_ids = _ids(tokenizer, input, False)
-        keep = len(input_ids) - excess - 4
-        if keep <= 0:
-            raise ValueError(
-                f"prompt.max_length={max_length} leaves no room for the input: instruction, suffix "
-                f"and answer take {len(prompt_ids) + len(answer_ids) - len(input_ids)} tokens"
-            )
-        input = tokenizer.decode(input_ids[:keep])
-        truncated = True
-    else:  # pragma: no cover - decode/encode round trips converge within a couple of tries
-        raise ValueError("could not fit the instance into prompt.max_length")
+    special = not has_chat_template(tokenizer, fmt)
+    input, truncated = truncate_input(tokenizer, input, fmt.max_input_tokens)
+    user = render_user_turn(fmt, instruction, input, suffix)
+    prompt_ids = _ids(tokenizer, prompt_text(tokenizer, fmt, user), special)
+    answer_ids = (
+        [] if answer is None else _ids(tokenizer, answer_text(tokenizer, fmt, user, answer), False)
+    )
     return Encoded(
         input_ids=prompt_ids + answer_ids,
         labels=[IGNORE_INDEX] * len(prompt_ids) + answer_ids,
@@ -149,11 +195,31 @@ def encode(
     )
 
 
-def stop_token_ids(tokenizer) -> list[int]:
-    """Token ids that end an answer: eos plus a chat template's end-of-turn marker if distinct."""
+def stop_token_ids(tokenizer, fmt: PromptFormat | None = None) -> list[int]:
+    """Token ids that end an answer: eos, the format's end-of-turn token, and the end-of-turn
+    markers of common templates."""
     ids = {tokenizer.eos_token_id}
-    for tok in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>"):
+    names = ["<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>"]
+    if fmt is not None and (end := end_of_turn_token(tokenizer, fmt)):
+        names.append(end)
+    for tok in names:
         tid = tokenizer.convert_tokens_to_ids(tok)
-        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid is not None:
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id:
             ids.add(tid)
     return sorted(i for i in ids if i is not None)
+
+
+_REASONING = [
+    re.compile(re.escape(open_) + r".*?" + re.escape(close), flags=re.S)
+    for open_, close in REASONING_BLOCKS
+]
+
+
+def strip_reasoning(text: str) -> str:
+    """The answer without reasoning blocks: closed ``<think>…</think>`` blocks are removed, and an
+    unclosed one (the model ran out of tokens while thinking) leaves no answer."""
+    for (open_, _), pattern in zip(REASONING_BLOCKS, _REASONING, strict=True):
+        text = pattern.sub("", text)
+        if open_ in text:
+            text = text[: text.index(open_)]
+    return text.strip()
