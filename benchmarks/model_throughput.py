@@ -63,7 +63,7 @@ def task_table(n: int):
 
 def bench_training(folder: Path, tokenizer, precision: str, n: int, batch: int) -> dict:
     model = build_stage_model(folder, [], LoraSpec(), 1, precision)
-    examples = encode_table(tokenizer, PromptFormat(), task_table(n), 384)
+    examples = encode_table(tokenizer, PromptFormat(), task_table(n))
     spec = TrainSpec(batch_size=batch, save_steps=10_000, seed=0, precision=precision)
     with tempfile.TemporaryDirectory() as state:
         result = train_stage(model, tokenizer, examples, spec, Path(state))
@@ -79,7 +79,7 @@ def bench_inference(folder: Path, tokenizer, precision: str, n: int, batch: int,
     model = load_state(folder, (), precision)
     fmt = PromptFormat()
     prompts = [
-        encode(tokenizer, fmt, r.instruction, r.input, r.suffix, None, 384).input_ids
+        encode(tokenizer, fmt, r.instruction, r.input, r.suffix, None).input_ids
         for r in task_table(n).itertuples()
     ]
     autocast = torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16")
@@ -132,6 +132,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--output", type=Path, help="JSON file for the figures")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     folder = model_dir(args.model)
@@ -152,13 +153,14 @@ def main() -> None:
     figures["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     if torch.cuda.is_available():
         figures["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    out = report(figures, "model_throughput")
-    print(f"(written to {out.relative_to(REPO)})")
+    out = report(figures, "model_throughput", args.output)
+    print(f"(written to {out})")
 
 
-def report(figures: dict, name: str) -> Path:
-    """Print the figures as an aligned table and keep them in results/benchmarks/<name>.json."""
-    out = REPO / f"results/benchmarks/{name}.json"
+def report(figures: dict, name: str, out: Path | None = None) -> Path:
+    """Print the figures as an aligned table and keep them in results/benchmarks/<name>.json
+    (or ``out``)."""
+    out = Path(out) if out else REPO / f"results/benchmarks/{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(figures, indent=2) + "\n")
     width = max(map(len, figures))

@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from model_throughput import model_dir, report  # noqa: E402
 
-from promptcl.inference import _autocast  # noqa: E402
+from promptcl.inference import autocast  # noqa: E402
 from promptcl.modeling import load_state, load_tokenizer, resolve_precision  # noqa: E402
 from promptcl.paraphrase import load_pool  # noqa: E402
 from promptcl.prompting import IGNORE_INDEX, PromptFormat  # noqa: E402
@@ -47,7 +47,7 @@ def naive_scores(model, pad: int, pairs, batch_size: int, precision: str) -> dic
                     torch.tensor(lab),
                     1,
                 )
-            with _autocast(model, precision):
+            with autocast(model, precision):
                 logits = model(input_ids=ids, attention_mask=mask).logits.float()
             ce = torch.nn.functional.cross_entropy(
                 logits[:, :-1].reshape(-1, logits.shape[-1]),
@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    parser.add_argument("--output", type=Path, help="JSON file for the figures")
     args = parser.parse_args()
     folder = model_dir(args.model)
     precision = resolve_precision(args.precision)
@@ -81,14 +82,14 @@ def main() -> None:
     candidates = [(0, table["instruction"].iloc[0])]
     candidates += [(i + 1, t) for i, t in enumerate(pool[: args.candidates - 1])]
     fmt = PromptFormat()
-    pairs = encode_pairs(tokenizer, fmt, table, candidates, 384)
+    pairs = encode_pairs(tokenizer, fmt, table, candidates)
     real_tokens = sum(len(p[2]) for p in pairs)
 
-    score_candidates(model, tokenizer, fmt, table.head(2), candidates[:1], 384)  # warm-up
+    score_candidates(model, tokenizer, fmt, table.head(2), candidates[:1])  # warm-up
     stats = ScoringStats()
     started = time.perf_counter()
     fast = score_candidates(
-        model, tokenizer, fmt, table, candidates, 384, args.batch_size, precision, stats
+        model, tokenizer, fmt, table, candidates, args.batch_size, precision, stats
     )
     fast_s = time.perf_counter() - started
     started = time.perf_counter()
@@ -110,7 +111,7 @@ def main() -> None:
         "speedup": round(naive_s / fast_s, 2),
         "max_loss_difference": float(f"{diff:.2e}"),
     }
-    report(figures, "scoring_throughput")
+    report(figures, "scoring_throughput", args.output)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,11 @@ sys.path.insert(0, str(WORKFLOW_DIR / "workflow_scripts"))
 from promptcl.strategies import needs_scores  # noqa: E402
 from promptcl.workflow import (  # noqa: E402
     ConfigError,
+    check_api_key,
     check_sequences,
+    check_training,
     expand_runs,
+    model_source_file,
     resolve_tasks,
     task_input_files,
     task_sources,
@@ -23,8 +26,10 @@ validate(config, schema="../config/schema.yaml")
 
 try:
     check_sequences(config)
+    check_training(config)
     RUNS = expand_runs(config)
     TASKS = resolve_tasks(RUNS.values(), task_sources(config, WORKFLOW_DIR))
+    MODEL_FILE = model_source_file(config, WORKFLOW_DIR)
 except ConfigError as err:
     raise WorkflowError(f"Invalid configuration: {err}") from None
 
@@ -97,6 +102,13 @@ def state_adapters_before(wildcards):
     if run_of(wildcards).method == "seqlora":
         return [adapter_dir(wildcards.run, k - 1)] if k > 1 else []
     return [adapter_dir(wildcards.run, i) for i in range(1, k)]
+
+
+def stages_upto(wildcards):
+    """The adapters of stages 1..k: their stage records say which prompt each task trained
+    with (predictions after stage k evaluate the seen tasks with it too)."""
+    k = int(wildcards.stage)
+    return [adapter_dir(wildcards.run, i) for i in range(1, k + 1)]
 
 
 def adapters_upto(wildcards):
@@ -194,7 +206,15 @@ def all_targets(wildcards):
 
 def model_source_params():
     """What decides the converted/linked model folder (not precision, which is per job)."""
-    return {k: v for k, v in config["model"].items() if k != "precision"}
+    params = {k: v for k, v in config["model"].items() if k != "precision"}
+    if MODEL_FILE is not None:
+        params["path"] = str(MODEL_FILE)
+    return params
+
+
+def model_source_inputs(wildcards):
+    """A GGUF file given as model.path is an input: replacing it reconverts the model."""
+    return {"gguf": str(MODEL_FILE)} if MODEL_FILE is not None else {}
 
 
 def single_task(wildcards):
@@ -222,11 +242,15 @@ def pool_file(task):
 HELDOUT = config["evaluation"]["heldout_prompts"]
 
 
+# tasks that need candidate prompts: the trained ones, and with held-out prompts every evaluated one
+PROMPT_TASKS = sorted(
+    {t for run in RUNS.values() for t in (run.eval_tasks if HELDOUT else run.tasks)}
+)
+
+
 def check_prompt_inputs():
     """Missing pool or template files stop the workflow before any job runs."""
-    trained = {
-        t for run in RUNS.values() for t in (run.eval_tasks if HELDOUT else run.tasks)
-    }
+    trained = PROMPT_TASKS
     if PROMPTS["backend"] == "file":
         missing = sorted(
             str(pool_file(t)) for t in trained if not pool_file(t).is_file()
@@ -243,6 +267,14 @@ def check_prompt_inputs():
 
 
 check_prompt_inputs()
+
+try:
+    check_api_key(
+        config,
+        [Path(f"{RESULTS}/prompts/{t}/candidates.parquet") for t in PROMPT_TASKS],
+    )
+except ConfigError as err:
+    raise WorkflowError(f"Invalid configuration: {err}") from None
 
 
 def paraphrase_inputs(wildcards):
@@ -279,6 +311,7 @@ def paraphrase_model_params():
         "name": config["model"]["name"],
         "precision": config["model"]["precision"],
         "trust_remote_code": config["model"]["trust_remote_code"],
+        "chat_template_kwargs": config["prompt"]["chat_template_kwargs"],
     }
 
 

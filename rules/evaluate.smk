@@ -29,6 +29,7 @@ rule predict_stage:
     input:
         model=MODEL_DIR,
         adapters=adapters_upto,
+        trained=stages_upto,
         tables=run_test_tables,
         candidates=heldout_pools_of_run,
     output:

@@ -1,5 +1,7 @@
 rule prepare_model:
     """The configured base model as an ordinary Hugging Face folder (converted or linked)."""
+    input:
+        unpack(model_source_inputs),
     output:
         model=directory(MODEL_DIR),
         manifest=f"{RESULTS}/model/manifest.json",

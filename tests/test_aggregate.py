@@ -230,3 +230,49 @@ def test_format_matrix_shows_se_and_majority():
     assert "75.0±4.3" in text and "10.0±3.0" in text
     majority_line = [line for line in text.splitlines() if line.startswith("majority")][0]
     assert "52.0" in majority_line and "-" in majority_line
+
+
+# --- the trained-prompt protocol (the SAPO paper's) ----------------------------------------------
+
+
+def _with_trained(predictions, task: str, first_stage: int, em: list[float]):
+    """Prediction tables where ``task`` was also evaluated with its trained prompt."""
+    out = {}
+    for key, table in predictions.items():
+        table = table.assign(prompt_id="original")
+        if key[1] == task and key[0] >= first_stage:
+            trained = table.assign(prompt_id="trained", exact_match=em, label_accuracy=em)
+            table = pd.concat([table, trained], ignore_index=True)
+        out[key] = table
+    return out
+
+
+def test_trained_prompt_protocol_uses_the_trained_prompt_only_for_seen_tasks(predictions):
+    from promptcl.aggregate import split_prompts, trained_prompt_tables
+
+    tables = _with_trained(predictions, "cls_a", 1, [100.0] * 4)
+    chosen = trained_prompt_tables(tables, SEQUENCE, {"cls_a": 3, "gen_b": 0})
+    cells = cell_table(chosen, SEQUENCE, UNSEEN)
+    original = cell_table(split_prompts(tables)["original"], SEQUENCE, UNSEEN)
+
+    def em(frame, stage, task):
+        rows = frame.query("stage == @stage and task == @task and metric == 'exact_match'")
+        return rows["score"].item()
+
+    assert em(cells, 1, "cls_a") == em(cells, 2, "cls_a") == 100.0  # trained with candidate 3
+    assert em(original, 1, "cls_a") == 75.0 and em(original, 2, "cls_a") == 50.0
+    assert em(cells, 0, "cls_a") == 25.0, "the base model row keeps the original prompt"
+    for stage in (0, 1, 2):  # trained with the original, and unseen: the original prompt
+        assert em(cells, stage, "gen_b") == em(original, stage, "gen_b")
+        assert em(cells, stage, "cls_u") == em(original, stage, "cls_u")
+    summary = run_summary(cells, SEQUENCE, UNSEEN).set_index("metric")
+    assert summary.loc["exact_match", "AP"] == pytest.approx((100.0 + 75.0) / 2)
+
+
+def test_trained_prompt_protocol_never_falls_back_silently(predictions):
+    from promptcl.aggregate import trained_prompt_tables
+
+    tables = {k: t.assign(prompt_id="original") for k, t in predictions.items()}
+    with pytest.raises(ValueError, match="trained prompt.*cls_a"):
+        trained_prompt_tables(tables, SEQUENCE, {"cls_a": 3})
+    assert trained_prompt_tables(tables, SEQUENCE, {"cls_a": 0, "gen_b": 0}).keys() == tables.keys()

@@ -13,7 +13,7 @@ def test_batched_generation_equals_one_by_one(tiny_model_dir, tiny_tokenizer):
     model = load_state(tiny_model_dir)
     fmt = PromptFormat()
     inputs = ["short", "a much longer input sentence with many more words in it", "mid size one"]
-    prompts = [encode(tiny_tokenizer, fmt, "Echo.", x, "", None, 256).input_ids for x in inputs]
+    prompts = [encode(tiny_tokenizer, fmt, "Echo.", x, "", None).input_ids for x in inputs]
     batched = generate(model, tiny_tokenizer, prompts, max_new_tokens=6, batch_size=3)
     single = [
         generate(model, tiny_tokenizer, [p], max_new_tokens=6, batch_size=1)[0] for p in prompts
@@ -36,15 +36,17 @@ def test_predict_table_keeps_ids_and_counts_tokens(tiny_model_dir, tiny_tokenize
     )
     stats = GenerationStats()
     gen = GenerationSpec(max_new_tokens=3, batch_size=2, max_new_tokens_per_task=(("t", 2),))
-    out = predict_table(model, tiny_tokenizer, table, PromptFormat(), 128, gen, "t", stats=stats)
+    out = predict_table(model, tiny_tokenizer, table, PromptFormat(), gen, "t", stats=stats)
     assert list(out["id"]) == ["b", "a"] and set(out["prompt_id"]) == {"original"}
     assert list(out.columns) == [
         "id",
         "prompt_id",
         "prediction",
+        "raw_prediction",
         "references",
         "labels",
         "prompt_tokens",
         "input_truncated",
     ]
     assert 0 < stats.generated_tokens <= 4 and stats.prompt_tokens == out["prompt_tokens"].sum()
+    assert list(out["prediction"]) == [p.strip() for p in out["raw_prediction"]]

@@ -53,7 +53,7 @@ def test_signal_saves_a_checkpoint_and_the_rerun_ends_with_the_same_adapter(
 ):
     full = _train(tiny_model_dir, tiny_tokenizer, [], 1, tmp_path / "full", "yes", max_steps=4)
     state = tmp_path / "state"
-    examples = encode_table(tiny_tokenizer, FMT, _table(8, "yes"), 128)
+    examples = encode_table(tiny_tokenizer, FMT, _table(8, "yes"))
     spec = _spec(tmp_path, max_steps=4, save_steps=10)  # no periodic checkpoint before the end
     model = build_stage_model(tiny_model_dir, [], LORA, 1)
     handler = signal.getsignal(signum)
@@ -111,7 +111,7 @@ def test_signal_during_setup_stops_after_the_first_step_with_a_checkpoint(
     try:
         os.kill(os.getpid(), signal.SIGTERM)  # "during setup": before the Trainer exists
         model = build_stage_model(tiny_model_dir, [], LORA, 1)
-        examples = encode_table(tiny_tokenizer, FMT, _table(8, "yes"), 128)
+        examples = encode_table(tiny_tokenizer, FMT, _table(8, "yes"))
         spec = _spec(tmp_path, max_steps=4, save_steps=10)
         with pytest.raises(TrainingInterrupted, match="step 1 of 4"):
             train_stage(model, tiny_tokenizer, examples, spec, tmp_path / "state", guard=guard)

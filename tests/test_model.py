@@ -30,7 +30,7 @@ def test_embedded_model_converts_and_generates(tmp_path):
     model = load_state(out, precision="fp32")
     assert sum(p.numel() for p in model.parameters()) > 100_000_000
     prompt = encode(
-        tokenizer, PromptFormat(), "Answer with one word.", "What color is the sky?", "", None, 128
+        tokenizer, PromptFormat(), "Answer with one word.", "What color is the sky?", "", None
     )
     with torch.inference_mode():
         ids = torch.tensor([prompt.input_ids])

@@ -477,14 +477,25 @@ def test_cached_replies_make_no_requests(server, api_key, tmp_path):
 
 
 @pytest.mark.parametrize("value", [None, ""])
-def test_missing_api_key_variable_is_fatal(server, monkeypatch, value):
+def test_missing_api_key_variable_is_fatal_when_a_request_is_due(
+    server, monkeypatch, tmp_path, value
+):
     if value is None:
         monkeypatch.delenv(KEY_ENV, raising=False)
     else:
         monkeypatch.setenv(KEY_ENV, value)
     with pytest.raises(FatalBackendError, match=KEY_ENV):
-        make_backend(server)
+        collect_replies(make_backend(server), make_requests(2), ReplyCache(tmp_path))
     assert server.calls == 0
+
+
+def test_cached_replies_need_no_api_key(server, monkeypatch, tmp_path):
+    """A rerun whose replies are all cached runs without the key (e.g. on another host)."""
+    monkeypatch.setenv(KEY_ENV, KEY)
+    first = collect_replies(make_backend(server), make_requests(3), ReplyCache(tmp_path))
+    monkeypatch.delenv(KEY_ENV)
+    again = collect_replies(make_backend(server), make_requests(3), ReplyCache(tmp_path))
+    assert again.texts == first.texts and server.calls == 3
 
 
 # --- 8. the key stays secret --------------------------------------------------------------------

@@ -44,9 +44,12 @@ def make_candidates(valid: list[bool]) -> pd.DataFrame:
 
 
 def make_scores(losses: dict[int, float]) -> pd.DataFrame:
+    """Scores whose criteria agree (every instance has the same number of answer tokens)."""
     return pd.DataFrame(
         {
             "candidate_id": list(losses),
+            "mean_batch_loss": list(losses.values()),
+            "mean_instance_loss": list(losses.values()),
             "mean_token_loss": list(losses.values()),
             "n_tokens": [100] * len(losses),
         }
@@ -59,7 +62,7 @@ def chi_square(counts: Counter, keys: list[int]) -> float:
     return sum((counts[k] - expected) ** 2 / expected for k in keys)
 
 
-# --- parsing -----------------------------------------------------------------------------------
+# --- parsing --------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -96,7 +99,7 @@ def test_needs_scores_only_for_sapo():
         needs_scores("bogus")
 
 
-# --- options -----------------------------------------------------------------------------------
+# --- options --------------------------------------------------------------------------------------
 
 
 def test_sapo_options_from_config():
@@ -123,7 +126,7 @@ def test_sapo_options_reject(cfg):
         SapoOptions.from_config(cfg)
 
 
-# --- SAPO selection ----------------------------------------------------------------------------
+# --- SAPO selection -------------------------------------------------------------------------------
 
 
 def test_sapo_picks_argmin():
@@ -158,8 +161,10 @@ def test_sapo_errors_without_usable_scores(losses):
 def test_sapo_rejects_bad_scores():
     with pytest.raises(ValueError, match="duplicate"):
         select_sapo(make_scores({0: 1.0}).pipe(lambda d: pd.concat([d, d])), SapoOptions(), 0)
-    with pytest.raises(ValueError, match="mean_token_loss"):
+    with pytest.raises(ValueError, match="mean_batch_loss"):
         select_sapo(pd.DataFrame({"candidate_id": [0]}), SapoOptions(), 0)
+    with pytest.raises(ValueError, match="mean_token_loss"):
+        select_sapo(pd.DataFrame({"candidate_id": [0]}), SapoOptions(criterion="token_mean"), 0)
 
 
 def test_sapo_sampling_reproducible_and_seed_dependent():
@@ -258,7 +263,7 @@ def test_valid_candidate_ids():
     assert valid_candidate_ids(make_candidates([True, False, True, True])) == [0, 2, 3]
 
 
-# --- PAFT ---------------------------------------------------------------------------------------
+# --- PAFT -----------------------------------------------------------------------------------------
 
 
 def test_paft_reproducible_and_order_independent():
@@ -312,3 +317,43 @@ def test_paft_draw_bounds():
 def test_paft_ids_are_plain_ints():
     draws = PaftSampler(np.array([0, 2]), n_examples=4, seed=0).table(0)
     assert all(type(d) is int for d in draws)
+
+
+# --- the reference's criterion and per-stage seeds ------------------------------------------------
+
+
+def test_sapo_criterion_defaults_to_the_reference_batch_mean():
+    """The criteria disagree on generation tasks: long answers weigh more in token_mean."""
+    scores = pd.DataFrame(
+        {
+            "candidate_id": [0, 1, 2],
+            "mean_batch_loss": [1.3, 1.4, 1.2],  # the reference's Trainer eval loss
+            "mean_instance_loss": [1.0, 1.2, 1.3],  # candidate 0 is best per instance
+            "mean_token_loss": [1.5, 1.1, 1.2],  # candidate 1 per token
+        }
+    )
+    assert SapoOptions().criterion == "batch_mean"
+    assert select_sapo(scores, SapoOptions(), seed=0) == 2
+    assert select_sapo(scores, SapoOptions(criterion="instance_mean"), seed=0) == 0
+    assert select_sapo(scores, SapoOptions(criterion="token_mean"), seed=0) == 1
+    assert SapoOptions.from_config({"criterion": "token_mean"}).criterion == "token_mean"
+    with pytest.raises(ValueError, match="sapo.criterion"):
+        SapoOptions(criterion="median")
+
+
+def test_paft_draws_differ_between_stages_of_a_run():
+    ids = [0, 1, 2, 3, 4]
+    stage1 = PaftSampler(ids, n_examples=64, seed=0, stage=1)
+    stage2 = PaftSampler(ids, n_examples=64, seed=0, stage=2)
+    assert stage1.table(0) != stage2.table(0)
+    assert stage1.table(0) == PaftSampler(ids, n_examples=64, seed=0, stage=1).table(0)
+
+
+def test_sapo_sampling_is_seeded_by_run_seed_and_stage():
+    scores = make_scores({0: 1.0, 1: 1.0, 2: 1.0, 3: 1.0})
+    opts = SapoOptions(temperature=1.0)
+    by_stage = [
+        [select_sapo(scores, opts, (seed, stage)) for seed in range(30)] for stage in (1, 2)
+    ]
+    assert by_stage[0] != by_stage[1]
+    assert by_stage[0] == [select_sapo(scores, opts, (seed, 1)) for seed in range(30)]

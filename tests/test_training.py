@@ -48,7 +48,7 @@ def _spec(tmp: Path, **kw) -> TrainSpec:
 
 def _train(model_dir, tokenizer, prev, stage, out_root: Path, label: str, **kw) -> Path:
     model = build_stage_model(model_dir, prev, LORA, stage)
-    examples = encode_table(tokenizer, FMT, _table(8, label), max_length=128)
+    examples = encode_table(tokenizer, FMT, _table(8, label))
     result = train_stage(
         model, tokenizer, examples, _spec(out_root, **kw), out_root / f"state{stage}"
     )
@@ -67,9 +67,7 @@ def two_stages(tiny_model_dir, tiny_tokenizer, tmp_path_factory):
 
 
 def test_collator_masks_padding_and_prompt(tiny_tokenizer):
-    examples = encode_table(
-        tiny_tokenizer, FMT, _table(2, "yes").assign(input=["a", "b c d e"]), 128
-    )
+    examples = encode_table(tiny_tokenizer, FMT, _table(2, "yes").assign(input=["a", "b c d e"]))
     for ex in examples:
         answer = [t for t in ex["labels"] if t != IGNORE_INDEX]
         assert tiny_tokenizer.decode(answer) == "yes<|im_end|>"
@@ -142,7 +140,7 @@ def test_resume_from_checkpoint_gives_same_adapter(tiny_model_dir, tiny_tokenize
     # interrupted run: stop after 2 steps (a checkpoint at step 2), then resume to 4
     part = tmp_path / "part"
     model = build_stage_model(tiny_model_dir, [], LORA, 1)
-    examples = encode_table(tiny_tokenizer, FMT, _table(8, "yes"), 128)
+    examples = encode_table(tiny_tokenizer, FMT, _table(8, "yes"))
     from transformers import TrainerCallback
 
     class StopAt2(TrainerCallback):
@@ -178,14 +176,14 @@ def test_sapo_rescoring_switches_prompts_and_checkpoints_its_history(
         assert not model.training, "scoring runs in eval mode"
         calls.append(1)
         losses = [1.0, 0.5] if len(calls) % 2 else [0.5, 1.0]
-        return pd.DataFrame({"candidate_id": [0, 1], "mean_token_loss": losses})
+        return pd.DataFrame({"candidate_id": [0, 1], "mean_batch_loss": losses})
 
     selection = Selection(0)
     texts = {0: "Say the label.", 1: "Give the label of this sentence now."}
-    encodings = encode_candidates(tiny_tokenizer, FMT, _table(8, "yes"), 128, texts)
+    encodings = encode_candidates(tiny_tokenizer, FMT, _table(8, "yes"), texts)
     dataset = PromptedDataset(encodings, selection.choose)
     model = build_stage_model(tiny_model_dir, [], LORA, 1)
-    callback = rescore_callback(selection, scorer, 1, SapoOptions(), seed=0)
+    callback = rescore_callback(selection, scorer, 1, SapoOptions(), seed=(0, 1))
     state = tmp_path / "state"
     train_stage(model, tiny_tokenizer, dataset, _spec(tmp_path, max_steps=4), state, [callback])
     # re-scored after steps 1-3 (not after the last one), switching by the scorer's argmin
@@ -201,3 +199,97 @@ def test_sapo_rescoring_switches_prompts_and_checkpoints_its_history(
     resumed = Selection(1)
     resumed.restore(str(state / "checkpoint-2"))
     assert resumed.current == 0 and resumed.history == saved
+
+
+# --- optimisation that does not depend on the launch ---------------------------------------------
+
+
+def test_warmup_ratio_is_a_ratio_over_its_whole_range(tiny_model_dir, tiny_tokenizer, tmp_path):
+    """warmup_ratio 1.0 warms up over the whole stage (transformers would read 1.0 as 1 step)."""
+    model = build_stage_model(tiny_model_dir, [], LORA, 1)
+    examples = encode_table(tiny_tokenizer, FMT, _table(16, "yes"))
+    spec = _spec(tmp_path, max_steps=4, warmup_ratio=1.0, batch_size=4)
+    result = train_stage(model, tiny_tokenizer, examples, spec, tmp_path / "state")
+    lrs = list(result.log["lr"])
+    assert lrs == sorted(lrs) and len(set(lrs)) == 4, f"lr must rise at every step: {lrs}"
+    assert lrs[-1] < spec.learning_rate, "the peak comes only after the last step"
+
+
+def test_global_batch_size_derives_the_accumulation_from_the_process_count():
+    from promptcl.training import accumulation_steps
+
+    spec = TrainSpec(batch_size=8, global_batch_size=64)
+    assert [accumulation_steps(spec, p) for p in (1, 2, 4, 8)] == [8, 4, 2, 1]
+    assert spec.batching(4) == {
+        "processes": 4,
+        "micro_batch": 8,
+        "grad_accum": 2,
+        "effective_batch": 64,
+    }
+    with pytest.raises(ValueError, match="training.global_batch_size=64 is not a multiple"):
+        accumulation_steps(spec, 3)
+    with pytest.raises(ValueError, match="not both"):
+        accumulation_steps(TrainSpec(batch_size=8, grad_accum=2, global_batch_size=64), 1)
+    assert accumulation_steps(TrainSpec(grad_accum=3), 8) == 3
+    assert accumulation_steps(TrainSpec(), 8) == 1
+
+
+# --- safe resume ---------------------------------------------------------------------------------
+
+
+def _stage_job(root: Path, model_dir: Path):
+    from promptcl.stage import StageJob
+
+    root.mkdir(parents=True, exist_ok=True)
+    _table(8, "yes").to_parquet(root / "train.parquet")
+    pd.DataFrame({"candidate_id": [0], "text": ["Say the label."]}).to_parquet(root / "c.parquet")
+    return StageJob(
+        stage=1,
+        run={"run": "r", "method": "inclora", "strategy": "original", "seed": 0},
+        task="t",
+        model_dir=str(model_dir),
+        train=str(root / "train.parquet"),
+        candidates=str(root / "c.parquet"),
+        adapter_out=str(root / "adapter"),
+        train_log_out=str(root / "log.parquet"),
+        state_dir=str(root / "state"),
+        model={"precision": "fp32", "trust_remote_code": False},
+        prompt={},
+        lora={},
+        training={},
+    )
+
+
+def test_checkpoints_of_changed_input_contents_are_discarded(tiny_model_dir, tmp_path):
+    """An upstream rerun that rewrites a task table in place must not resume old checkpoints."""
+    from promptcl.stage import claim_state_dir
+
+    job = _stage_job(tmp_path, tiny_model_dir)
+    state = Path(job.state_dir)
+    claim_state_dir(state, job.fingerprint(1))
+    (state / "checkpoint-2").mkdir()
+    claim_state_dir(state, job.fingerprint(1))
+    assert (state / "checkpoint-2").is_dir(), "the same job resumes"
+    _table(8, "no").to_parquet(job.train)  # same path, new contents
+    claim_state_dir(state, job.fingerprint(1))
+    assert not (state / "checkpoint-2").exists(), "changed inputs: old checkpoints are discarded"
+
+
+def test_merged_state_gives_the_stacked_logits(tiny_model_dir, tiny_tokenizer, two_stages):
+    """Evaluation folds the frozen LoRAs into the weights once: the same logits in fp32, and in
+    bf16 no further from the exact (fp32) logits than the unmerged bf16 model is."""
+    _, a1, a2 = two_stages
+    ids = torch.tensor([tiny_tokenizer("the adapters are merged once per job")["input_ids"]])
+
+    def logits(precision: str, merge: bool) -> torch.Tensor:
+        model = load_state(tiny_model_dir, [a1, a2], precision, merge=merge)
+        if merge:
+            assert not any("lora" in n for n, _ in model.named_parameters())
+        with torch.no_grad():
+            return model(ids).logits.float()
+
+    exact = logits("fp32", merge=False)
+    assert (logits("fp32", merge=True) - exact).abs().max() < 1e-5
+    stacked_error = (logits("bf16", merge=False) - exact).abs().max()
+    merged_error = (logits("bf16", merge=True) - exact).abs().max()
+    assert merged_error <= 2 * stacked_error, (float(merged_error), float(stacked_error))

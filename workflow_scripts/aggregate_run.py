@@ -6,12 +6,14 @@ from pathlib import Path
 import pandas as pd
 
 from promptcl.aggregate import (
+    PROTOCOLS,
     cell_table,
     format_matrix,
     format_summary,
     robustness,
     run_summary,
     split_prompts,
+    trained_prompt_tables,
 )
 from promptcl.runtime import input_list, job_logging
 
@@ -28,16 +30,26 @@ def main(snakemake) -> None:
         for k, folder in enumerate(input_list(snakemake.input.stages), start=1):
             for task in tasks:
                 tables[(k, task)] = pd.read_parquet(Path(folder) / f"{task}.parquet")
-        # R and its metrics use each task's original prompt; held-out prompts give robustness
-        original = split_prompts(tables)["original"]
-        cells = cell_table(original, sequence, unseen)
-        summary = run_summary(cells, sequence, unseen)
-        robust = robustness(tables, sequence, unseen)
-        summary = summary.merge(robust, on="metric", how="left")
         infos = [
             json.loads((Path(a) / "promptcl_stage.json").read_text())
             for a in input_list(snakemake.input.adapters)
         ]
+        trained = {i["task"]: i["evaluation_prompt"]["candidate_id"] for i in infos}
+        # R under each protocol: the original prompt everywhere, and the prompt each seen task
+        # was trained with (the SAPO paper's); held-out prompts give robustness
+        protocol_tables = {
+            "original_prompt": split_prompts(tables)["original"],
+            "trained_prompt": trained_prompt_tables(tables, sequence, trained),
+        }
+        cells, summaries = [], []
+        for protocol, chosen in protocol_tables.items():
+            part = cell_table(chosen, sequence, unseen)
+            summaries.append(run_summary(part, sequence, unseen).assign(protocol=protocol))
+            cells.append(part.assign(protocol=protocol))
+        cells = pd.concat(cells, ignore_index=True)
+        summary = pd.concat(summaries, ignore_index=True)
+        robust = robustness(tables, sequence, unseen)
+        summary = summary.merge(robust, on="metric", how="left")
         summary["train_seconds"] = round(sum(i["train_seconds"] for i in infos), 3)
         summary["scoring_seconds"] = round(sum(i.get("scoring_seconds", 0.0) for i in infos), 3)
         summary["prompts_trained"] = json.dumps(
@@ -52,12 +64,15 @@ def main(snakemake) -> None:
             ]
         ):
             summary.insert(0, key, value)
+        cells.insert(0, "protocol", cells.pop("protocol"))
+        summary.insert(0, "protocol", summary.pop("protocol"))
         cells.insert(0, "run", run)
         summary.insert(0, "run", run)
         cells.to_parquet(snakemake.output.matrix, index=False)
         summary.to_parquet(snakemake.output.summary, index=False)
         text = [format_summary(summary, run)]
         text.append(f"training prompts per stage (candidate ids): {summary['prompts_trained'][0]}")
+        text.append(f"evaluated with (trained_prompt protocol): {json.dumps(trained)}")
         if robust["prompts"].max() > 1:
             for _, row in robust.iterrows():
                 text.append(
@@ -65,8 +80,15 @@ def main(snakemake) -> None:
                     f"{row['robust_mean']:.2f} ± SD {row['robust_std']:.2f}"
                 )
         text.append("")
-        for metric in ("rougeL", "label_accuracy", "exact_match"):
-            text.append(format_matrix(cells, metric))
+        for protocol in PROTOCOLS:
+            part = cells[cells["protocol"] == protocol]
+            if protocol == "trained_prompt" and not any(trained.values()):
+                text.append(
+                    "trained_prompt: R equals original_prompt (trained with the original)\n"
+                )
+                continue
+            for metric in ("rougeL", "label_accuracy", "exact_match"):
+                text.append(f"{protocol}: " + format_matrix(part, metric))
         Path(snakemake.output.text).write_text("\n".join(text))
         log.info("\n%s", "\n".join(text))
 

@@ -45,6 +45,7 @@ def main(snakemake) -> None:
                 model["name"],
                 resolve_precision(model["precision"]),
                 model["trust_remote_code"],
+                model["chat_template_kwargs"],
             )
             delimiters = tuple(cfg["delimiters"])
             template = load_request_template(Path(snakemake.input.template))

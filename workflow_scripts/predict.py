@@ -1,9 +1,12 @@
 """Rules evaluate_base and predict_stage: greedy predictions of one model state, scored.
 
 Stage 0 (no adapters) writes one file; a stage k job writes <task>.parquet per evaluation task
-into its output folder, loading the model once for all of them.
+into its output folder, loading the model once for all of them. Every task is evaluated with its
+original prompt and the held-out paraphrases; a task the run has trained with another prompt is
+also evaluated with that prompt (``prompt_id`` "trained", the SAPO paper's protocol).
 """
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -18,12 +21,13 @@ from promptcl.runtime import input_list, job_logging, load_job_state
 def main(snakemake) -> None:
     params = snakemake.params
     with job_logging(snakemake.log[0], snakemake.threads) as log:
-        model, tokenizer, precision = load_job_state(snakemake)
+        model, tokenizer, precision = load_job_state(snakemake, merge=True)
         adapters = input_list(snakemake.input.get("adapters", []))
         fmt = PromptFormat.from_config(params.prompt)
         gen = GenerationSpec.from_config(params.generation)
         out = Path(snakemake.output[0])
-        single = out.suffix == ".parquet"
+        single = snakemake.rule == "evaluate_base"
+        trained = trained_prompts(input_list(snakemake.input.get("trained", [])))
         if not single:
             out.mkdir(parents=True, exist_ok=True)
         stats = GenerationStats()
@@ -35,6 +39,8 @@ def main(snakemake) -> None:
             prompts = [("original", None)]
             if pool is not None:
                 prompts += [(pid, text) for pid, _, text in heldout_prompts(pd.read_parquet(pool))]
+            if task in trained:
+                prompts.append(("trained", trained[task]))
             preds = pd.concat(
                 [
                     predict_table(
@@ -42,7 +48,6 @@ def main(snakemake) -> None:
                         tokenizer,
                         table,
                         fmt,
-                        params.prompt["max_length"],
                         gen,
                         task,
                         precision,
@@ -74,6 +79,17 @@ def main(snakemake) -> None:
             stats.generated_tokens,
             stats.seconds,
         )
+
+
+def trained_prompts(adapters: list[str]) -> dict[str, str]:
+    """Task -> instruction, for the tasks of these stages that trained with a non-original
+    prompt (from each adapter's stage record)."""
+    out = {}
+    for adapter in adapters:
+        info = json.loads((Path(adapter) / "promptcl_stage.json").read_text())
+        if int(info["evaluation_prompt"]["candidate_id"]) != 0:
+            out[info["task"]] = info["evaluation_prompt"]["instruction"]
+    return out
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import pandas as pd
 from promptcl.paraphrase import training_pool
 from promptcl.prompting import PromptFormat
 from promptcl.runtime import input_list, job_logging, load_job_state
-from promptcl.scoring import ScoringStats, score_candidates
+from promptcl.scoring import ScoringStats, rank_columns, score_candidates
 
 
 def main(snakemake) -> None:
@@ -26,12 +26,12 @@ def main(snakemake) -> None:
             PromptFormat.from_config(params.prompt),
             table,
             pairs,
-            params.prompt["max_length"],
             params.scoring["batch_size"],
             precision,
             stats,
+            params.scoring["reference_batch_size"],
         )
-        scores["rank"] = scores["mean_token_loss"].rank(method="first").astype(int)
+        scores = rank_columns(scores)
         scores["adapters"] = len(adapters)
         scores["seconds"] = round(stats.seconds, 4)
         scores.to_parquet(snakemake.output[0], index=False)

@@ -42,8 +42,10 @@ def rescore_callback(
     scorer: Callable[[object], pd.DataFrame],
     every: int,
     options: SapoOptions,
-    seed: int,
+    seed: tuple[int, ...],
 ):
+    """A TrainerCallback that re-scores every ``every`` steps; sampled choices draw from
+    ``(*seed, step)`` (the stage passes its ``(run seed, stage)``)."""
     from transformers import TrainerCallback
 
     class Rescore(TrainerCallback):
@@ -55,7 +57,7 @@ def rescore_callback(
             scores = scorer(model)
             if was_training:
                 model.train()
-            chosen = select_sapo(scores, options, seed + state.global_step)
+            chosen = select_sapo(scores, options, (*seed, state.global_step))
             if chosen != selection.current:
                 log.warning("step %d: switching to candidate %d", state.global_step, chosen)
             selection.current = chosen

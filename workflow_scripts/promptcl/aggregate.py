@@ -24,6 +24,15 @@ from promptcl.metrics import (
 )
 
 CELL_COLUMNS = ("stage", "task", "role", "metric", "score", "stderr", "n", "majority_rate")
+#: How R is measured. original_prompt: every task with its original instruction, whatever the
+#: run trained with. trained_prompt (the SAPO paper's protocol): each sequence task, once trained,
+#: with the prompt the run trained it with; tasks not yet trained and unseen tasks with the
+#: original. The two differ only for runs that trained with another prompt (sapo, fixed:<id>).
+PROTOCOLS = {
+    "original_prompt": "every task with its original prompt",
+    "trained_prompt": "seen tasks with the prompt they were trained with (the SAPO paper)",
+}
+TRAINED_PROMPT_ID = "trained"
 _REQUIRED_PRED_COLUMNS = ("id", "prediction", "references", "labels", *METRICS)
 
 
@@ -204,18 +213,19 @@ def _fmt(value: float, se: float) -> str:
 
 
 def format_summary(summary: pd.DataFrame, run: str) -> str:
-    """Markdown table of "value ± se" per metric, with a reminder of what counts as noise."""
+    """Markdown tables of "value ± se" per metric (one per protocol), with a reminder of what
+    counts as noise."""
     columns = [*CONTINUAL_METRICS, "unseen_mean"]
     T = int(summary["T"].iloc[0]) if len(summary) else 0
-    lines = [
-        f"Run: {run} (T = {T} tasks; scores on a 0-100 scale)",
-        "",
-        "| metric | " + " | ".join(columns) + " |",
-        "|---|" + "---|" * len(columns),
-    ]
-    for _, row in summary.iterrows():
-        cells = [_fmt(float(row[c]), float(row[f"{c}_se"])) for c in columns]
-        lines.append(f"| {row['metric']} | " + " | ".join(cells) + " |")
+    lines = [f"Run: {run} (T = {T} tasks; scores on a 0-100 scale)"]
+    groups = summary.groupby("protocol", sort=False) if "protocol" in summary else [(None, summary)]
+    for protocol, part in groups:
+        if protocol is not None:
+            lines += ["", f"{protocol}: {PROTOCOLS.get(protocol, protocol)}"]
+        lines += ["", "| metric | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+        for _, row in part.iterrows():
+            cells = [_fmt(float(row[c]), float(row[f"{c}_se"])) for c in columns]
+            lines.append(f"| {row['metric']} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Differences smaller than ~2 se (twice the ± value) are within noise.",
@@ -242,6 +252,36 @@ def format_matrix(cells: pd.DataFrame, metric: str) -> str:
     return f"R[stage, task] for {metric} (± binomial/sample standard error):\n{text.to_string()}\n"
 
 
+def trained_prompt_tables(
+    predictions: Mapping[tuple[int, str], pd.DataFrame],
+    sequence: Sequence[str],
+    trained: Mapping[str, int],
+) -> dict[tuple[int, str], pd.DataFrame]:
+    """The prediction tables of R under the trained-prompt protocol.
+
+    ``trained`` maps each sequence task to the candidate id its stage trained with (0 = the
+    original). Cells (i, j) with i ≥ stage of j use the rows evaluated with that prompt
+    (``prompt_id == "trained"``); all other cells are the original-prompt ones. A missing
+    evaluation is an error, never silently replaced by the original.
+    """
+    by_prompt = split_prompts(predictions)
+    out = dict(by_prompt["original"])
+    with_trained = by_prompt.get(TRAINED_PROMPT_ID, {})
+    for k, task in enumerate(sequence, start=1):
+        if int(trained.get(task, 0)) == 0:
+            continue
+        for stage, name in list(out):
+            if name != task or stage < k:
+                continue
+            if (stage, task) not in with_trained:
+                raise ValueError(
+                    f"no predictions with the trained prompt (candidate {trained[task]}) for "
+                    f"task {task} after stage {stage}"
+                )
+            out[(stage, task)] = with_trained[(stage, task)]
+    return out
+
+
 def split_prompts(
     predictions: Mapping[tuple[int, str], pd.DataFrame],
 ) -> dict[str, dict[tuple[int, str], pd.DataFrame]]:
@@ -260,7 +300,8 @@ def robustness(
     sequence: Sequence[str],
     unseen: Sequence[str],
 ) -> pd.DataFrame:
-    """AP of the final state under each evaluation prompt, then its mean and SD across prompts.
+    """AP of the final state under each evaluation prompt (the original and the held-out
+    paraphrases; not the run's own trained prompts), then its mean and SD across prompts.
 
     One row per metric: ``prompts`` (how many), ``robust_mean``, ``robust_std`` (sample SD; NaN
     with a single prompt) and ``AP_<prompt_id>`` for each prompt.
@@ -268,6 +309,8 @@ def robustness(
     T = len(sequence)
     per_prompt = {}
     for pid, tables in split_prompts(predictions).items():
+        if pid == TRAINED_PROMPT_ID:
+            continue
         final = {k: v for k, v in tables.items() if k[0] == T and k[1] in sequence}
         if len(final) != T:
             continue  # a prompt evaluated on only some tasks cannot give an AP
@@ -296,17 +339,25 @@ def _mean(table: pd.DataFrame, metric: str) -> float:
     return float(values.mean()) if values.notna().any() else math.nan
 
 
-def compare_runs(summary: pd.DataFrame, metric: str, baseline: str | None = None) -> str:
+def compare_runs(
+    summary: pd.DataFrame,
+    metric: str,
+    baseline: str | None = None,
+    protocol: str = "original_prompt",
+) -> str:
     """Each run's AP against the first (baseline) run, saying plainly when it is within noise.
 
     The difference's SE treats the runs as independent (sqrt(se1² + se2²)); within 2 SE is
     reported as "within noise", never as a win.
     """
-    rows = summary[summary["metric"] == metric].reset_index(drop=True)
+    rows = summary[summary["metric"] == metric]
+    if "protocol" in rows:
+        rows = rows[rows["protocol"] == protocol]
+    rows = rows.reset_index(drop=True)
     if rows.empty:
         return ""
     base = rows.iloc[0] if baseline is None else rows[rows["run"] == baseline].iloc[0]
-    lines = [f"AP ({metric}) against {base['run']}:"]
+    lines = [f"AP ({metric}, {protocol}) against {base['run']}:"]
     for _, row in rows.iterrows():
         if row["run"] == base["run"]:
             continue

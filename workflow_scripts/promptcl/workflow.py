@@ -6,6 +6,7 @@ any job runs, with a message that names the offending key or file.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -93,6 +94,47 @@ def check_sequences(config: dict) -> None:
         both = sorted(set(tasks) & set(unseen))
         if both:
             raise ConfigError(f"sequences.{name}.unseen: also trained in the sequence: {both}")
+
+
+def check_training(config: dict) -> None:
+    training = config["training"]
+    if training.get("grad_accum") is not None and training.get("global_batch_size") is not None:
+        raise ConfigError(
+            "training: set either training.grad_accum or training.global_batch_size, not both "
+            "(global_batch_size derives the accumulation from the process count)"
+        )
+
+
+def model_source_file(config: dict, base: Path) -> Path | None:
+    """The GGUF file of ``model.source: gguf`` (checked now, converted by prepare_model)."""
+    model = config["model"]
+    if model["source"] != "gguf":
+        return None
+    if not model.get("path"):
+        raise ConfigError("model.path: a GGUF file is required when model.source is 'gguf'")
+    path = Path(model["path"]).expanduser()
+    path = path if path.is_absolute() else base / path
+    if not path.is_file():
+        raise ConfigError(f"model.path: GGUF file {path} does not exist")
+    return path
+
+
+def check_api_key(config: dict, needed: Iterable[Path]) -> None:
+    """With the openai backend, a missing API key stops the workflow before any job runs when a
+    candidate table still has to be made (a rerun of finished tables needs no key)."""
+    prompts = config["prompts"]
+    if prompts["backend"] != "openai":
+        return
+    variable = prompts["openai"]["api_key_env"]
+    if os.environ.get(variable):
+        return
+    missing = sorted(str(p) for p in needed if not Path(p).is_file())
+    if missing:
+        raise ConfigError(
+            f"prompts.openai.api_key_env: environment variable {variable} is not set, and the "
+            f"openai backend still has to make {missing[:3]}{' …' if len(missing) > 3 else ''} "
+            f"(export {variable}=… before running)"
+        )
 
 
 def task_sources(config: dict, base: Path) -> list[TaskSource]:
