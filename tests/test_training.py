@@ -293,3 +293,33 @@ def test_merged_state_gives_the_stacked_logits(tiny_model_dir, tiny_tokenizer, t
     stacked_error = (logits("bf16", merge=False) - exact).abs().max()
     merged_error = (logits("bf16", merge=True) - exact).abs().max()
     assert merged_error <= 2 * stacked_error, (float(merged_error), float(stacked_error))
+
+
+def test_left_padded_answer_logits_give_the_full_loss_and_gradients(tiny_model_dir, tiny_tokenizer):
+    """Training projects only the answer positions to the vocabulary (left padding, position
+    ids from the mask, logits_to_keep): the same loss and gradients as the full right-padded
+    computation."""
+    from promptcl.training import answer_window
+
+    examples = encode_table(
+        tiny_tokenizer, FMT, _table(4, "yes").assign(input=["a", "b c d e f g", "h i", "j k l"])
+    )
+
+    def loss_and_grads(batch: dict) -> tuple[float, dict]:
+        model = build_stage_model(tiny_model_dir, [], LORA, 1, seed=3)
+        loss = model(**batch).loss
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return float(loss), grads
+
+    full_loss, full_grads = loss_and_grads(PadCollator(tiny_tokenizer.pad_token_id)(examples))
+    left = PadCollator(tiny_tokenizer.pad_token_id, left=True)(examples)
+    keep = answer_window(left["labels"])
+    assert keep < left["labels"].shape[1] // 2, "only the answer window is projected"
+    cropped = {**left, "labels": left["labels"][:, -keep:], "logits_to_keep": keep}
+    loss, grads = loss_and_grads(cropped)
+    assert loss == pytest.approx(full_loss, rel=1e-5)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, full_grads[name], rtol=1e-3, atol=1e-5)
+    right = PadCollator(tiny_tokenizer.pad_token_id)(examples)
+    assert answer_window(right["labels"]) > keep, "right padding: a wider window, still exact"

@@ -137,10 +137,16 @@ def encode_table(
 
 
 class PadCollator:
-    """Right-pads a batch; padded label positions carry no loss."""
+    """Pads a batch; padded label positions carry no loss.
 
-    def __init__(self, pad_token_id: int):
+    ``left`` (training's default) puts every answer at the end of its row, so the stage's loss
+    needs the vocabulary projection of only the last few positions (see :func:`answer_window`);
+    position ids then follow the attention mask, which keeps the computation that of the
+    unpadded sequence."""
+
+    def __init__(self, pad_token_id: int, left: bool = False):
         self.pad = pad_token_id
+        self.left = left
 
     def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
         width = max(len(ex["input_ids"]) for ex in batch)
@@ -149,10 +155,23 @@ class PadCollator:
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for row, ex in enumerate(batch):
             n = len(ex["input_ids"])
-            ids[row, :n] = torch.tensor(ex["input_ids"])
-            labels[row, :n] = torch.tensor(ex["labels"])
-            mask[row, :n] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+            cols = slice(width - n, width) if self.left else slice(0, n)
+            ids[row, cols] = torch.tensor(ex["input_ids"])
+            labels[row, cols] = torch.tensor(ex["labels"])
+            mask[row, cols] = 1
+        out = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        if self.left:
+            out["position_ids"] = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        return out
+
+
+def answer_window(labels: torch.Tensor) -> int:
+    """How many final positions hold every answer token and the position that predicts the
+    first one: the logits the loss needs (``logits_to_keep``), whatever the padding side."""
+    columns = (labels != IGNORE_INDEX).any(dim=0).nonzero()
+    if columns.numel() == 0:
+        return labels.shape[1]
+    return labels.shape[1] - int(columns.min()) + 1
 
 
 class PromptedDataset(torch.utils.data.Dataset):
@@ -320,6 +339,10 @@ def _make_trainer_class():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             self._tokens += int(inputs["attention_mask"].sum())
             self._answer_tokens += int((inputs["labels"] != IGNORE_INDEX).sum())
+            # project to the vocabulary only where labels exist: the loss is the same, and the
+            # full projection and its log-softmax were a third of a step's time
+            keep = answer_window(inputs["labels"])
+            inputs = {**inputs, "labels": inputs["labels"][:, -keep:], "logits_to_keep": keep}
             loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             if self.penalty is None or not model.training:
                 return loss
@@ -427,7 +450,7 @@ def train_stage(
         model=model,
         args=args,
         train_dataset=examples,
-        data_collator=PadCollator(tokenizer.pad_token_id),
+        data_collator=PadCollator(tokenizer.pad_token_id, left=True),
         adapter=adapter,
         penalty=penalty,
         callbacks=list(callbacks),
