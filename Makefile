@@ -1,6 +1,7 @@
 # Two entry points for a fresh machine; each bootstraps its own virtual environment in .venv.
 #   make demo   run the whole workflow on the bundled tasks with SmolLM2-135M-Instruct, print the summary
-#   make test   run the test suite (unit tests, tiny-model Snakemake DAG, real model conversion, lint)
+#   make test   run the test suite (unit tests, tiny-model Snakemake DAGs, real models, SLURM, lint)
+#   make test-fast   the unit tier only (tests/unit, no whole DAGs, no SLURM)
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
@@ -8,7 +9,7 @@ CORES ?= 2
 SNAKEMAKE_ARGS ?=
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test test-fast lint format bench clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +29,9 @@ demo: $(VENV)/.installed
 # SLURM jobs (sbatch --export=ALL) find the same tools
 test: $(VENV)/.installed
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
+
+test-fast: $(VENV)/.installed
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check workflow_scripts tests benchmarks

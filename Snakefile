@@ -20,4 +20,4 @@ include: "rules/aggregate.smk"
 rule all:
     default_target: True
     input:
-        all_targets,
+        PLAN.all_targets,

@@ -24,23 +24,16 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow_scripts"))
 
-from promptcl.inference import generate, left_pad  # noqa: E402
-from promptcl.modeling import (  # noqa: E402
-    ModelSpec,
-    load_state,
-    load_tokenizer,
-    prepare_model,
-    resolve_precision,
-)
+from promptcl.batching import left_pad  # noqa: E402
+from promptcl.data import encode_table  # noqa: E402
+from promptcl.devices import resolve_precision  # noqa: E402
+from promptcl.inference import generate  # noqa: E402
+from promptcl.methods import build_stage_model  # noqa: E402
+from promptcl.modeling import ModelSpec, load_state, load_tokenizer, prepare_model  # noqa: E402
 from promptcl.prompting import PromptFormat, encode  # noqa: E402
+from promptcl.specs import LoraSpec, TrainSpec  # noqa: E402
 from promptcl.tasks import TaskSource, read_split, resolve_task  # noqa: E402
-from promptcl.training import (  # noqa: E402
-    LoraSpec,
-    TrainSpec,
-    build_stage_model,
-    encode_table,
-    train_stage,
-)
+from promptcl.trainer import fit  # noqa: E402
 
 
 def model_dir(arg: str | None) -> Path:
@@ -57,7 +50,7 @@ def model_dir(arg: str | None) -> Path:
 
 
 def task_table(n: int):
-    sources = [TaskSource("sapo", REPO / "resources/tasks/sapo")]
+    sources = [TaskSource("sentence_label", REPO / "resources/tasks/sentence_label")]
     return read_split(resolve_task("task195", sources), "train").head(n)
 
 
@@ -66,7 +59,7 @@ def bench_training(folder: Path, tokenizer, precision: str, n: int, batch: int) 
     examples = encode_table(tokenizer, PromptFormat(), task_table(n))
     spec = TrainSpec(batch_size=batch, save_steps=10_000, seed=0, precision=precision)
     with tempfile.TemporaryDirectory() as state:
-        result = train_stage(model, tokenizer, examples, spec, Path(state))
+        result = fit(model, tokenizer, examples, spec, Path(state))
     return {
         "train_examples": n,
         "train_tokens": result.info["tokens"],

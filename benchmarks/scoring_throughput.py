@@ -22,9 +22,10 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from model_throughput import model_dir, report  # noqa: E402
 
+from promptcl.devices import resolve_precision  # noqa: E402
 from promptcl.inference import autocast  # noqa: E402
-from promptcl.modeling import load_state, load_tokenizer, resolve_precision  # noqa: E402
-from promptcl.paraphrase import load_pool  # noqa: E402
+from promptcl.modeling import load_state, load_tokenizer  # noqa: E402
+from promptcl.pools import load_pool  # noqa: E402
 from promptcl.prompting import IGNORE_INDEX, PromptFormat  # noqa: E402
 from promptcl.scoring import ScoringStats, encode_pairs, score_candidates  # noqa: E402
 from promptcl.tasks import TaskSource, read_split, resolve_task  # noqa: E402
@@ -76,7 +77,9 @@ def main() -> None:
     precision = resolve_precision(args.precision)
     tokenizer = load_tokenizer(folder)
     model = load_state(folder, (), precision)
-    files = resolve_task(args.task, [TaskSource("sapo", REPO / "resources/tasks/sapo")])
+    files = resolve_task(
+        args.task, [TaskSource("sentence_label", REPO / "resources/tasks/sentence_label")]
+    )
     table = read_split(files, "train").head(args.instances)
     pool = load_pool(REPO / f"resources/prompts/pools/{files.full_name}.json")
     candidates = [(0, table["instruction"].iloc[0])]

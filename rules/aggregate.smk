@@ -1,20 +1,20 @@
 rule aggregate_run:
-    """The run's accuracy matrix R (stage × task × metric) and its continual-learning summary."""
+    """The run's accuracy matrix R (protocol × stage × task × metric) and its summary."""
     input:
-        zero_shot=zero_shot_predictions,
-        stages=stage_predictions,
-        adapters=run_adapters,
+        zero_shot=PLAN.zero_shot_predictions,
+        stages=PLAN.stage_predictions,
+        adapters=PLAN.run_adapters,
     output:
-        matrix=f"{RESULTS}/{{run}}/metrics/accuracy_matrix.parquet",
-        summary=f"{RESULTS}/{{run}}/metrics/summary.parquet",
-        text=f"{RESULTS}/{{run}}/metrics/summary.txt",
+        matrix=paths.MATRIX,
+        summary=paths.RUN_SUMMARY,
+        text=paths.RUN_SUMMARY_TEXT,
     log:
-        f"{RESULTS}/logs/{{run}}/metrics/aggregate.log",
+        paths.log(paths.JOB_AGGREGATE),
     localrule: True
     conda:
         "../environment.yml"
     params:
-        layout=run_layout,
+        layout=PLAN.run_layout,
     script:
         "../workflow_scripts/aggregate_run.py"
 
@@ -22,16 +22,16 @@ rule aggregate_run:
 rule summarize:
     """One table over all runs of the config: results/summary.parquet (+ a text rendering)."""
     input:
-        run_summaries,
+        unpack(PLAN.run_summaries),
     output:
-        table=f"{RESULTS}/summary.parquet",
-        text=f"{RESULTS}/summary.txt",
+        table=paths.SUMMARY,
+        text=paths.SUMMARY_TEXT,
     log:
-        f"{RESULTS}/logs/summarize.log",
+        paths.log(paths.JOB_SUMMARIZE),
     localrule: True
     conda:
         "../environment.yml"
     params:
-        runs=list(RUNS),
+        runs=list(PLAN.runs),
     script:
         "../workflow_scripts/summarize.py"

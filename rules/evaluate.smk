@@ -3,21 +3,21 @@ rule evaluate_base:
 
     Shared by every run that evaluates the task."""
     input:
-        model=MODEL_DIR,
-        tables=f"{RESULTS}/tasks/{{task}}/test.parquet",
-        candidates=heldout_pool_of_task,
+        model=paths.MODEL_DIR,
+        tables=paths.fill(paths.TASK_SPLIT, task="{task}", split="test"),
+        candidates=PLAN.heldout_pool_of_task,
     output:
-        f"{RESULTS}/zero_shot/predictions/{{task}}.parquet",
+        paths.ZERO_SHOT,
     log:
-        f"{RESULTS}/logs/zero_shot/predictions/{{task}}.log",
+        paths.log(paths.JOB_ZERO_SHOT),
     benchmark:
-        f"{RESULTS}/benchmarks/zero_shot/predictions/{{task}}.tsv"
+        paths.benchmark(paths.JOB_ZERO_SHOT)
     conda:
         "../environment.yml"
     threads: config["compute"]["threads"]
     params:
-        tasks=single_task,
-        model=model_params(),
+        tasks=lambda wildcards: [wildcards.task],
+        model=PLAN.model_params(),
         prompt=config["prompt"],
         generation=config["generation"],
     script:
@@ -27,23 +27,23 @@ rule evaluate_base:
 rule predict_stage:
     """Predictions on every evaluation task of a run after stage k (one model load)."""
     input:
-        model=MODEL_DIR,
-        adapters=adapters_upto,
-        trained=stages_upto,
-        tables=run_test_tables,
-        candidates=heldout_pools_of_run,
+        model=paths.MODEL_DIR,
+        adapters=PLAN.state_after,
+        trained=PLAN.stage_records,
+        tables=PLAN.run_test_tables,
+        candidates=PLAN.heldout_pools_of_run,
     output:
-        directory(f"{RESULTS}/{{run}}/stage_{{stage}}/predictions"),
+        directory(paths.PREDICTIONS),
     log:
-        f"{RESULTS}/logs/{{run}}/stage_{{stage}}/predictions.log",
+        paths.log(paths.JOB_PREDICT),
     benchmark:
-        f"{RESULTS}/benchmarks/{{run}}/stage_{{stage}}/predictions.tsv"
+        paths.benchmark(paths.JOB_PREDICT)
     conda:
         "../environment.yml"
     threads: config["compute"]["threads"]
     params:
-        tasks=run_eval_tasks,
-        model=model_params(),
+        tasks=PLAN.run_eval_tasks,
+        model=PLAN.model_params(),
         prompt=config["prompt"],
         generation=config["generation"],
     script:

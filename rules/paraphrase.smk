@@ -7,21 +7,21 @@ rule paraphrase_prompts:
     (compute nodes often have no internet); cap concurrent jobs with --resources paraphrase_api=N.
     """
     input:
-        unpack(paraphrase_inputs),
+        unpack(PLAN.paraphrase_inputs),
     output:
-        f"{RESULTS}/prompts/{{task}}/candidates.parquet",
+        paths.CANDIDATES,
     log:
-        f"{RESULTS}/logs/prompts/{{task}}/candidates.log",
-    localrule: PARAPHRASE_ON_HOST
+        paths.log(paths.JOB_PARAPHRASE),
+    localrule: PLAN.paraphrase_on_host
     conda:
         "../environment.yml"
-    threads: paraphrase_threads()
+    threads: PLAN.paraphrase_threads
     resources:
         paraphrase_api=1,
     params:
-        prompts=paraphrase_params(),
-        model=paraphrase_model_params(),
-        cache_dir=f"{RESULTS}/prompts/cache",
-        heldout=config["evaluation"]["heldout_prompts"],
+        prompts=PLAN.paraphrase_params(),
+        model=PLAN.paraphrase_model_params(),
+        cache_dir=paths.REPLY_CACHE,
+        heldout=PLAN.heldout,
     script:
         "../workflow_scripts/paraphrase_prompts.py"

@@ -1,18 +1,18 @@
 rule prepare_model:
     """The configured base model as an ordinary Hugging Face folder (converted or linked)."""
     input:
-        unpack(model_source_inputs),
+        unpack(PLAN.model_source_inputs),
     output:
-        model=directory(MODEL_DIR),
-        manifest=f"{RESULTS}/model/manifest.json",
+        model=directory(paths.MODEL_DIR),
+        manifest=paths.MODEL_MANIFEST,
     log:
-        f"{RESULTS}/logs/model/prepare_model.log",
+        paths.log(paths.JOB_PREPARE_MODEL),
     benchmark:
-        f"{RESULTS}/benchmarks/model/prepare_model.tsv"
+        paths.benchmark(paths.JOB_PREPARE_MODEL)
     conda:
         "../environment.yml"
     threads: config["compute"]["threads"]
     params:
-        model=model_source_params(),
+        model=PLAN.model_source_params(),
     script:
         "../workflow_scripts/prepare_model.py"

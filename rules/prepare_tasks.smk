@@ -1,14 +1,14 @@
 rule prepare_tasks:
     """One normalised parquet per split of a task (capped), plus the task's metadata."""
     input:
-        task_sources_of,
+        PLAN.task_source_files,
     output:
-        train=f"{RESULTS}/tasks/{{task}}/train.parquet",
-        dev=f"{RESULTS}/tasks/{{task}}/dev.parquet",
-        test=f"{RESULTS}/tasks/{{task}}/test.parquet",
-        meta=f"{RESULTS}/tasks/{{task}}/task.json",
+        train=paths.fill(paths.TASK_SPLIT, task="{task}", split="train"),
+        dev=paths.fill(paths.TASK_SPLIT, task="{task}", split="dev"),
+        test=paths.fill(paths.TASK_SPLIT, task="{task}", split="test"),
+        meta=paths.TASK_META,
     log:
-        f"{RESULTS}/logs/tasks/{{task}}.log",
+        paths.log(paths.JOB_PREPARE_TASKS),
     localrule: True
     conda:
         "../environment.yml"

@@ -2,20 +2,20 @@ rule score_prompts_base:
     """Pre-update loss of every valid candidate of a task on the base model: the state stage 1
     of every run trains from, so it is computed once and shared."""
     input:
-        model=MODEL_DIR,
-        train=f"{RESULTS}/tasks/{{task}}/train.parquet",
-        candidates=f"{RESULTS}/prompts/{{task}}/candidates.parquet",
+        model=paths.MODEL_DIR,
+        train=paths.fill(paths.TASK_SPLIT, task="{task}", split="train"),
+        candidates=paths.CANDIDATES,
     output:
-        f"{RESULTS}/prompts/{{task}}/scores_base.parquet",
+        paths.BASE_SCORES,
     log:
-        f"{RESULTS}/logs/prompts/{{task}}/scores_base.log",
+        paths.log(paths.JOB_BASE_SCORES),
     benchmark:
-        f"{RESULTS}/benchmarks/prompts/{{task}}/scores_base.tsv"
+        paths.benchmark(paths.JOB_BASE_SCORES)
     conda:
         "../environment.yml"
     threads: config["compute"]["threads"]
     params:
-        model=model_params(),
+        model=PLAN.model_params(),
         prompt=config["prompt"],
         scoring=config["scoring"],
     script:
@@ -25,23 +25,23 @@ rule score_prompts_base:
 rule score_prompts:
     """Pre-update loss of every valid candidate of task k on the run's state after stage k-1."""
     input:
-        model=MODEL_DIR,
-        adapters=state_adapters_before,
-        train=stage_train_table,
-        candidates=stage_candidates,
+        model=paths.MODEL_DIR,
+        adapters=PLAN.state_before,
+        train=PLAN.stage_train_table,
+        candidates=PLAN.stage_candidates,
     output:
-        f"{RESULTS}/{{run}}/stage_{{stage}}/prompt_scores.parquet",
+        paths.STAGE_SCORES,
     log:
-        f"{RESULTS}/logs/{{run}}/stage_{{stage}}/prompt_scores.log",
+        paths.log(paths.JOB_STAGE_SCORES),
     benchmark:
-        f"{RESULTS}/benchmarks/{{run}}/stage_{{stage}}/prompt_scores.tsv"
+        paths.benchmark(paths.JOB_STAGE_SCORES)
     wildcard_constraints:
         stage=r"[2-9]|[1-9][0-9]+",
     conda:
         "../environment.yml"
     threads: config["compute"]["threads"]
     params:
-        model=model_params(),
+        model=PLAN.model_params(),
         prompt=config["prompt"],
         scoring=config["scoring"],
     script:

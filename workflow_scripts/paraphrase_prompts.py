@@ -6,7 +6,8 @@ from pathlib import Path
 import pandas as pd
 
 from promptcl.backends import backend_from_config
-from promptcl.modeling import resolve_precision
+from promptcl.candidates import hold_out, require_valid
+from promptcl.devices import resolve_precision
 from promptcl.paraphrase import (
     ReplyCache,
     Request,
@@ -15,11 +16,9 @@ from promptcl.paraphrase import (
     candidates_from_pool,
     candidates_from_replies,
     collect_replies,
-    hold_out,
-    load_pool,
     load_request_template,
-    require_valid,
 )
+from promptcl.pools import load_pool
 from promptcl.runtime import job_logging
 
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from promptcl import paths
+from promptcl.candidates import heldout_prompts
 from promptcl.inference import GenerationSpec, GenerationStats, predict_table
 from promptcl.metrics import score_predictions
-from promptcl.paraphrase import heldout_prompts
 from promptcl.prompting import PromptFormat
 from promptcl.runtime import input_list, job_logging, load_job_state
 
@@ -86,7 +87,7 @@ def trained_prompts(adapters: list[str]) -> dict[str, str]:
     prompt (from each adapter's stage record)."""
     out = {}
     for adapter in adapters:
-        info = json.loads((Path(adapter) / "promptcl_stage.json").read_text())
+        info = json.loads((Path(adapter) / paths.STAGE_RECORD).read_text())
         if int(info["evaluation_prompt"]["candidate_id"]) != 0:
             out[info["task"]] = info["evaluation_prompt"]["instruction"]
     return out

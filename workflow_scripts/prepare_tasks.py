@@ -3,9 +3,10 @@
 import json
 from pathlib import Path
 
+from promptcl.runs import task_sources
 from promptcl.runtime import job_logging
-from promptcl.tasks import build_task_tables, resolve_task
-from promptcl.workflow import task_sources
+from promptcl.task_tables import build_task_tables
+from promptcl.tasks import resolve_task
 
 
 def main(snakemake) -> None:

@@ -4,7 +4,7 @@ import json
 
 import pandas as pd
 
-from promptcl.paraphrase import training_pool
+from promptcl.candidates import training_texts
 from promptcl.prompting import PromptFormat
 from promptcl.runtime import input_list, job_logging, load_job_state
 from promptcl.scoring import ScoringStats, rank_columns, score_candidates
@@ -16,9 +16,7 @@ def main(snakemake) -> None:
         model, tokenizer, precision = load_job_state(snakemake)
         adapters = input_list(snakemake.input.get("adapters", []))
         table = pd.read_parquet(snakemake.input.train).head(params.scoring["instances"])
-        candidates = training_pool(pd.read_parquet(snakemake.input.candidates))
-        valid = candidates[candidates["valid"]]
-        pairs = list(zip(valid["candidate_id"].astype(int), valid["text"], strict=True))
+        pairs = training_texts(pd.read_parquet(snakemake.input.candidates))
         stats = ScoringStats()
         scores = score_candidates(
             model,

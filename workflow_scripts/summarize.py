@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from promptcl.aggregate import compare_runs
-from promptcl.runtime import job_logging
+from promptcl.runtime import input_list, job_logging
+from promptcl.summary_text import compare_runs
 
 COLUMNS = [
     "run",
@@ -33,10 +33,10 @@ COLUMNS = [
 
 def main(snakemake) -> None:
     with job_logging(snakemake.log[0]) as log:
-        summaries = [pd.read_parquet(p) for p in snakemake.input]
+        summaries = [pd.read_parquet(p) for p in input_list(snakemake.input.tables)]
         table = pd.concat(summaries, ignore_index=True)
         table.to_parquet(snakemake.output.table, index=False)
-        texts = [Path(p).with_name("summary.txt").read_text() for p in snakemake.input]
+        texts = [Path(p).read_text() for p in input_list(snakemake.input.texts)]
         if len(summaries) > 1:
             overview = table[[c for c in COLUMNS if c in table.columns]]
             texts.append(

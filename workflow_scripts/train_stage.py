@@ -11,16 +11,17 @@ import os
 import sys
 from pathlib import Path
 
+from promptcl.job import JOB_FILE, StageJob, claim_state_dir
 from promptcl.launch import process_count, rank, run_forwarding_signals, torchrun_command
+from promptcl.recipe import run_stage
 from promptcl.runtime import job_logging
-from promptcl.stage import JOB_FILE, StageJob, claim_state_dir, run_stage_job
 
 
 def run(job: StageJob, script: Path, log: logging.Logger) -> None:
     processes = process_count(job.training.get("processes", "auto"), job.gpus)
     claim_state_dir(Path(job.state_dir), job.fingerprint(processes))
     if processes == 1 and not job.uses_deepspeed(processes):
-        run_stage_job(job, processes)
+        run_stage(job, processes)
         return
     # several processes, or DeepSpeed (which needs a launcher's rank/rendezvous environment)
     job_file = job.save(Path(job.state_dir) / JOB_FILE)
@@ -52,7 +53,7 @@ def cli(argv: list[str] | None = None) -> None:
         format=f"%(asctime)s rank{rank()} %(levelname)s %(name)s: %(message)s",
     )
     job = StageJob.load(args.job)
-    run_stage_job(job, int(os.environ.get("WORLD_SIZE", "1")))
+    run_stage(job, int(os.environ.get("WORLD_SIZE", "1")))
 
 
 if __name__ == "__main__":

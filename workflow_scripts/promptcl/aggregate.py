@@ -7,20 +7,19 @@ within noise; the continual metrics themselves live in :mod:`promptcl.metrics`.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from promptcl.metrics import (
+from .metrics import (
     BINARY_METRICS,
     CONTINUAL_METRICS,
     METRICS,
     as_str_list,
     continual_metrics,
+    majority_rate,
     mean_stderr,
-    normalize_answer,
 )
 
 CELL_COLUMNS = ("stage", "task", "role", "metric", "score", "stderr", "n", "majority_rate")
@@ -55,15 +54,6 @@ def _is_generation(df: pd.DataFrame) -> bool:
     return all(not as_str_list(lbls) for lbls in df["labels"])
 
 
-def _majority_rate(df: pd.DataFrame) -> float:
-    """% of instances whose normalised first reference is the most frequent: trivial baseline."""
-    firsts = [as_str_list(refs) for refs in df["references"]]
-    keys = [normalize_answer(r[0]) for r in firsts if r]
-    if not keys:
-        return math.nan
-    return 100.0 * Counter(keys).most_common(1)[0][1] / len(df)
-
-
 def cell_table(
     predictions: Mapping[tuple[int, str], pd.DataFrame],
     sequence: Sequence[str],
@@ -88,7 +78,8 @@ def cell_table(
             if absent:
                 raise ValueError(f"prediction table ({stage}, {task!r}) lacks columns {absent}")
             generation = _is_generation(df)
-            majority = math.nan if generation else _majority_rate(df)
+            labels = as_str_list(df["labels"].iloc[0]) if len(df) else []
+            majority = math.nan if generation else majority_rate(list(df["references"]), labels)
             for metric in METRICS:
                 if metric == "label_accuracy" and generation:
                     score, se, n = math.nan, math.nan, 0
@@ -204,54 +195,6 @@ def matrix(cells: pd.DataFrame, metric: str, value: str = "score") -> pd.DataFra
     return wide
 
 
-def _fmt(value: float, se: float) -> str:
-    if value is None or math.isnan(value):
-        return "n/a"
-    if se is None or math.isnan(se):
-        return f"{value:.2f} ± n/a"
-    return f"{value:.2f} ± {se:.2f}"
-
-
-def format_summary(summary: pd.DataFrame, run: str) -> str:
-    """Markdown tables of "value ± se" per metric (one per protocol), with a reminder of what
-    counts as noise."""
-    columns = [*CONTINUAL_METRICS, "unseen_mean"]
-    T = int(summary["T"].iloc[0]) if len(summary) else 0
-    lines = [f"Run: {run} (T = {T} tasks; scores on a 0-100 scale)"]
-    groups = summary.groupby("protocol", sort=False) if "protocol" in summary else [(None, summary)]
-    for protocol, part in groups:
-        if protocol is not None:
-            lines += ["", f"{protocol}: {PROTOCOLS.get(protocol, protocol)}"]
-        lines += ["", "| metric | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-        for _, row in part.iterrows():
-            cells = [_fmt(float(row[c]), float(row[f"{c}_se"])) for c in columns]
-            lines.append(f"| {row['metric']} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "Differences smaller than ~2 se (twice the ± value) are within noise.",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def format_matrix(cells: pd.DataFrame, metric: str) -> str:
-    """R for one metric as "score±se" per cell, with each task's majority-class rate beneath.
-
-    The majority rate is the score of always answering the commonest label: the chance level a
-    classification score must be read against.
-    """
-    scores, errors = matrix(cells, metric), matrix(cells, metric, "stderr")
-    text = scores.copy().astype(object)
-    for stage in scores.index:
-        for task in scores.columns:
-            v, se = scores.loc[stage, task], errors.loc[stage, task]
-            text.loc[stage, task] = "n/a" if pd.isna(v) else f"{v:.1f}±{se:.1f}"
-    majority = cells[cells["metric"] == metric].groupby("task")["majority_rate"].first()
-    text.loc["majority"] = [
-        "-" if pd.isna(majority.get(t)) else f"{majority[t]:.1f}" for t in scores.columns
-    ]
-    return f"R[stage, task] for {metric} (± binomial/sample standard error):\n{text.to_string()}\n"
-
-
 def trained_prompt_tables(
     predictions: Mapping[tuple[int, str], pd.DataFrame],
     sequence: Sequence[str],
@@ -337,32 +280,3 @@ def robustness(
 def _mean(table: pd.DataFrame, metric: str) -> float:
     values = table[metric].astype(float)
     return float(values.mean()) if values.notna().any() else math.nan
-
-
-def compare_runs(
-    summary: pd.DataFrame,
-    metric: str,
-    baseline: str | None = None,
-    protocol: str = "original_prompt",
-) -> str:
-    """Each run's AP against the first (baseline) run, saying plainly when it is within noise.
-
-    The difference's SE treats the runs as independent (sqrt(se1² + se2²)); within 2 SE is
-    reported as "within noise", never as a win.
-    """
-    rows = summary[summary["metric"] == metric]
-    if "protocol" in rows:
-        rows = rows[rows["protocol"] == protocol]
-    rows = rows.reset_index(drop=True)
-    if rows.empty:
-        return ""
-    base = rows.iloc[0] if baseline is None else rows[rows["run"] == baseline].iloc[0]
-    lines = [f"AP ({metric}, {protocol}) against {base['run']}:"]
-    for _, row in rows.iterrows():
-        if row["run"] == base["run"]:
-            continue
-        diff = row["AP"] - base["AP"]
-        se = math.sqrt(row["AP_se"] ** 2 + base["AP_se"] ** 2)
-        verdict = "within noise" if abs(diff) < 2 * se else ("higher" if diff > 0 else "lower")
-        lines.append(f"  {row['run']}: {diff:+.2f} ± {se:.2f} ({verdict})")
-    return "\n".join(lines) + "\n"

@@ -136,7 +136,8 @@ class LocalBackend:
     name: str = "local"
 
     def __post_init__(self) -> None:
-        from .modeling import default_device, load_state, load_tokenizer
+        from .devices import default_device
+        from .modeling import load_state, load_tokenizer
 
         self._tokenizer = load_tokenizer(Path(self.model_dir), self.trust_remote_code)
         self._model = load_state(Path(self.model_dir), (), self.precision, self.trust_remote_code)

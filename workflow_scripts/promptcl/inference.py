@@ -10,7 +10,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .prompting import PromptFormat, encode, stop_token_ids, strip_reasoning
+from .batching import left_pad
+from .prompting import PromptFormat, encode_rows, stop_token_ids, strip_reasoning
 
 
 @dataclass(frozen=True)
@@ -40,17 +41,6 @@ class GenerationStats:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     seconds: float = 0.0
-
-
-def left_pad(seqs: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left padding keeps every prompt's last token at the end, where generation continues."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-        mask[row, width - len(seq) :] = 1
-    return ids, mask
 
 
 def autocast(model, precision: str):
@@ -127,19 +117,10 @@ def predict_table(
     such as ``<think>…</think>`` removed.
     """
     new_tokens = gen.new_tokens_for(task)
-    prompts: list[list[int]] = []
-    truncated: list[bool] = []
-    for row in table.itertuples(index=False):
-        enc = encode(
-            tokenizer,
-            fmt,
-            instruction if instruction is not None else row.instruction,
-            row.input,
-            row.suffix,
-            None,
-        )
-        prompts.append(enc.input_ids)
-        truncated.append(enc.truncated)
+    instructions = None if instruction is None else [instruction] * len(table)
+    encoded = encode_rows(tokenizer, fmt, table, instructions, with_answer=False)
+    prompts = [enc.input_ids for enc in encoded]
+    truncated = [enc.truncated for enc in encoded]
     raw = generate(
         model,
         tokenizer,

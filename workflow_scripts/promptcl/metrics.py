@@ -13,6 +13,7 @@ import functools
 import math
 import re
 import string
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,6 +44,21 @@ def normalize_answer(s: str) -> str:
     and an empty prediction can never match it."""
     s = "".join(ch for ch in s.lower() if ch not in _PUNCTUATION)
     return " ".join(s.split())
+
+
+def majority_rate(references: Sequence[Sequence[str]], labels: Sequence[str]) -> float:
+    """% of instances whose normalised first reference is the commonest one: the score of always
+    giving that answer, the chance level a classification score must beat. NaN for generation
+    tasks (no labels) and for no instances."""
+    if len(as_str_list(labels)) == 0 or len(references) == 0:
+        return math.nan
+    firsts = []
+    for i, refs in enumerate(references):
+        refs = as_str_list(refs)
+        if not refs:
+            raise ValueError(f"instance {i} has no reference")
+        firsts.append(normalize_answer(refs[0]))
+    return 100.0 * Counter(firsts).most_common(1)[0][1] / len(firsts)
 
 
 def _require_references(references: Sequence[str]) -> list[str]:

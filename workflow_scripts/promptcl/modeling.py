@@ -8,7 +8,6 @@ orthogonality penalty reads earlier A matrices) and it avoids bf16 rounding of s
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -19,6 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from .devices import torch_dtype
+from .hashing import file_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -178,53 +180,6 @@ def prepare_model(spec: ModelSpec, out_dir: Path) -> dict:
         "model_type": config.model_type,
         "files": {p.name: file_fingerprint(p) for p in sorted(out_dir.iterdir()) if p.is_file()},
     }
-
-
-#: Files up to this size are hashed whole; larger ones (model shards) by size, head and tail.
-FULL_HASH_LIMIT = 64 << 20
-
-
-def file_fingerprint(path: Path) -> str:
-    """A content hash: whole for tables and adapters, size + first and last MiB for multi-GB
-    model shards (cheap, and enough to notice a swapped file)."""
-    size = path.stat().st_size
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        if size <= FULL_HASH_LIMIT:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        else:
-            digest.update(fh.read(1 << 20))
-            fh.seek(-(1 << 20), os.SEEK_END)
-            digest.update(fh.read())
-    return f"{size}:{digest.hexdigest()[:16]}"
-
-
-# --- precision and device -----------------------------------------------------------------------
-
-
-def resolve_precision(precision: str) -> str:
-    """``auto`` → bf16 where the hardware runs it fast (CUDA bf16, or a CPU with native bf16)."""
-    if precision in ("bf16", "fp32"):
-        return precision
-    if precision != "auto":
-        raise ValueError(f"model.precision: expected auto, bf16 or fp32, got '{precision}'")
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    try:
-        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-    except (AttributeError, RuntimeError):
-        return "fp32"
-
-
-def torch_dtype(precision: str) -> torch.dtype:
-    return torch.bfloat16 if precision == "bf16" else torch.float32
-
-
-def default_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
 
 
 # --- loading a state --------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 The original instruction is always candidate 0. Backends produce raw replies; everything after
 that (parsing, validation, caching, ordering) is shared, so a pool from a file, a local model or
-an API endpoint is audited by the same rules and lands in the same parquet layout.
+an API endpoint is audited by the same rules and lands in the same table
+(:mod:`promptcl.candidates`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import logging
 import os
 import re
 import string
-from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,18 +22,10 @@ from typing import Any, Protocol
 
 import pandas as pd
 
+from .candidates import make_table
+
 log = logging.getLogger(__name__)
 
-CANDIDATE_COLUMNS = [
-    "candidate_id",
-    "text",
-    "source",
-    "model",
-    "request_index",
-    "valid",
-    "reject_reason",
-    "heldout",
-]
 DEFAULT_DELIMITERS = ("<instruction>", "</instruction>")
 REQUEST_FIELDS = {"instruction", "labels", "open", "close"}
 
@@ -44,10 +36,6 @@ class FatalBackendError(RuntimeError):
 
 class RequestFailed(RuntimeError):
     """One request failed for good (retries exhausted, malformed reply): its candidate is out."""
-
-
-class CandidateError(RuntimeError):
-    """Too few valid candidates survived validation."""
 
 
 @dataclass(frozen=True)
@@ -299,7 +287,7 @@ def candidates_from_replies(
             reasons[i + 1] = err
         elif raw is None or not raw.strip():
             reasons[i + 1] = "empty reply"
-    return _table(original, parsed, reasons, backend, list(range(len(parsed))))
+    return make_table(original, parsed, reasons[1:], backend.name, backend.model)
 
 
 def candidates_from_pool(
@@ -311,112 +299,4 @@ def candidates_from_pool(
 ) -> pd.DataFrame:
     """Candidates from a user-supplied pool: validated exactly like generated ones."""
     reasons = validate(original, [original, *pool], labels, spec)
-
-    class _Pool:
-        name, model = source, ""
-
-    return _table(original, list(pool), reasons, _Pool(), list(range(len(pool))))
-
-
-def _table(original, texts, reasons, backend, indices) -> pd.DataFrame:
-    rows = [(0, original, "original", "", -1, True, "", False)]
-    for cid, (text, reason, index) in enumerate(zip(texts, reasons[1:], indices, strict=True), 1):
-        rows.append(
-            (
-                cid,
-                text or "",
-                backend.name,
-                backend.model,
-                index,
-                reason is None,
-                reason or "",
-                False,
-            )
-        )
-    return pd.DataFrame(rows, columns=CANDIDATE_COLUMNS)
-
-
-def hold_out(table: pd.DataFrame, n: int) -> pd.DataFrame:
-    """Reserve the last ``n`` valid paraphrases for evaluation: no strategy may train on them."""
-    table = table.copy()
-    table["heldout"] = False
-    if n:
-        ids = table.loc[table["valid"] & (table["candidate_id"] > 0), "candidate_id"].tail(n)
-        table.loc[table["candidate_id"].isin(ids), "heldout"] = True
-    return table
-
-
-def training_pool(table: pd.DataFrame) -> pd.DataFrame:
-    """The candidates strategies may train with (held-out ones removed)."""
-    if "heldout" not in table.columns:
-        return table
-    return table[~table["heldout"].astype(bool)].reset_index(drop=True)
-
-
-def heldout_prompts(table: pd.DataFrame) -> list[tuple[str, int, str]]:
-    """(prompt_id, candidate_id, text) of the held-out paraphrases, numbered heldout_1..n."""
-    if "heldout" not in table.columns:
-        return []
-    rows = table[table["heldout"].astype(bool)]
-    return [
-        (f"heldout_{i}", int(cid), text)
-        for i, (cid, text) in enumerate(zip(rows["candidate_id"], rows["text"], strict=True), 1)
-    ]
-
-
-def require_valid(table: pd.DataFrame, min_valid: int, task: str) -> None:
-    """Fail, naming the task and the reject reasons, when too few paraphrases survive."""
-    trainable = training_pool(table)
-    valid = int(trainable["valid"].sum()) - 1  # the original does not count
-    if valid >= min_valid:
-        return
-    reasons = Counter(table.loc[~table["valid"], "reject_reason"])
-    summary = "; ".join(f"{reason} ×{n}" for reason, n in reasons.most_common())
-    raise CandidateError(
-        f"task {task}: only {valid} valid paraphrase(s) of {len(table) - 1}, fewer than "
-        f"prompts.min_valid={min_valid}. Rejected: {summary or 'none'}"
-    )
-
-
-# --- file pools ---------------------------------------------------------------------------------
-
-
-def load_pool(path: Path, key: str | Sequence[str] | None = None) -> list[str]:
-    """Texts from a user pool: JSON, JSONL, CSV or parquet (one text per candidate).
-
-    JSON may be a list (of strings or of objects with ``text``) or ``{name: [texts]}``, in which
-    case ``key`` (a name or names to try in order) selects the list. Tables use the ``text``
-    column, or their only column.
-    """
-    if not path.is_file():
-        raise FileNotFoundError(f"prompts.file.path: pool file {path} does not exist")
-    suffix = path.suffix.lower()
-    if suffix == ".json":
-        data = json.loads(path.read_text())
-        if isinstance(data, dict):
-            keys = [key] if isinstance(key, str) else list(key or [])
-            found = next((k for k in keys if k in data), None)
-            if found is None:
-                raise KeyError(f"{path}: no pool named {keys} (available: {sorted(data)[:10]}...)")
-            data = data[found]
-        items = data
-    elif suffix == ".jsonl":
-        items = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    elif suffix in (".csv", ".parquet"):
-        frame = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
-        if "text" in frame.columns:
-            items = frame["text"].tolist()
-        elif len(frame.columns) == 1:
-            items = frame.iloc[:, 0].tolist()
-        else:
-            raise ValueError(f"{path}: expected a 'text' column, found {list(frame.columns)}")
-    else:
-        raise ValueError(f"{path}: unsupported pool format '{suffix}' (json, jsonl, csv, parquet)")
-    texts = []
-    for i, item in enumerate(items):
-        if isinstance(item, dict):
-            item = item.get("text", item.get("instruction"))
-        if not isinstance(item, str):
-            raise ValueError(f"{path}: entry {i} is not a string (or an object with 'text')")
-        texts.append(item)
-    return texts
+    return make_table(original, list(pool), reasons[1:], source, "")

@@ -195,6 +195,23 @@ def encode(
     )
 
 
+def encode_rows(
+    tokenizer,
+    fmt: PromptFormat,
+    table,
+    instructions=None,
+    with_answer: bool = True,
+) -> list[Encoded]:
+    """Every row of a task table encoded (answer = its first reference, or prompt only);
+    ``instructions`` overrides the table's instruction per row."""
+    out = []
+    for i, row in enumerate(table.itertuples(index=False)):
+        instruction = row.instruction if instructions is None else instructions[i]
+        answer = row.references[0] if with_answer else None
+        out.append(encode(tokenizer, fmt, instruction, row.input, row.suffix, answer))
+    return out
+
+
 def stop_token_ids(tokenizer, fmt: PromptFormat | None = None) -> list[int]:
     """Token ids that end an answer: eos, the format's end-of-turn token, and the end-of-turn
     markers of common templates."""

@@ -53,7 +53,8 @@ def input_list(value) -> list[str]:
 def load_job_state(snakemake, merge: bool = False):
     """(model on its device, tokenizer, precision) for the model state named by a job's inputs;
     ``merge`` folds the frozen LoRAs into the weights (evaluation: base-model speed)."""
-    from .modeling import default_device, load_state, load_tokenizer, resolve_precision
+    from .devices import default_device, resolve_precision
+    from .modeling import load_state, load_tokenizer
 
     options = snakemake.params.model
     precision = resolve_precision(options["precision"])

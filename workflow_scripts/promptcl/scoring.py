@@ -19,8 +19,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .inference import autocast, left_pad
-from .prompting import IGNORE_INDEX, PromptFormat, encode
+from .batching import left_pad, positions
+from .inference import autocast
+from .prompting import IGNORE_INDEX, PromptFormat, encode_rows
 from .strategies import CRITERIA
 
 SCORE_COLUMNS = [
@@ -49,9 +50,8 @@ def encode_pairs(
     """(candidate_id, instance index, input_ids, labels) for every candidate × instance."""
     pairs = []
     for cid, instruction in candidates:
-        for i, row in enumerate(table.itertuples(index=False)):
-            enc = encode(tokenizer, fmt, instruction, row.input, row.suffix, row.references[0])
-            pairs.append((cid, i, enc.input_ids, enc.labels))
+        encoded = encode_rows(tokenizer, fmt, table, [instruction] * len(table))
+        pairs += [(cid, i, enc.input_ids, enc.labels) for i, enc in enumerate(encoded)]
     return pairs
 
 
@@ -76,12 +76,11 @@ def sequence_losses(
         # answers end every (left-padded) row: the logits of the last `keep` positions suffice
         answer_len = int((labels != IGNORE_INDEX).sum(dim=1).max())
         keep = answer_len + 1
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         with autocast(model, precision):
             out = model(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
-                position_ids=positions.to(device),
+                position_ids=positions(mask).to(device),
                 logits_to_keep=keep,
             )
         logits = out.logits[:, -keep:-1].float()  # position t predicts token t+1

@@ -3,7 +3,8 @@
 Two on-disk formats are supported so the workflow can run both the SAPO paper's preprocessed
 tasks and raw Super-NaturalInstructions tasks:
 
-- ``sapo``: ``<root>/<task>/{train,dev,test}.json`` = list of ``{"sentence", "label"}``, with the
+- ``sentence_label`` (the SAPO repository's layout): ``<root>/<task>/{train,dev,test}.json`` =
+  list of ``{"sentence", "label"}``, with the
   prompt parts in ``<root>/instructions.json`` (``{task: {instruction, suffix, labels, ...}}``) or
   in ``<root>/<task>/instructions.json`` (a single ``{instruction, suffix, labels}`` dict).
 - ``superni``: ``<root>/<task>/{train,dev,test}.json`` = full SuperNI task JSON; the instruction is
@@ -17,21 +18,17 @@ fixed without a debugger.
 from __future__ import annotations
 
 import json
-import math
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 SPLITS = ("train", "dev", "test")
 TABLE_COLUMNS = ["id", "input", "references", "instruction", "suffix", "labels"]
-FORMATS = ("sapo", "superni")
+FORMATS = ("sentence_label", "superni")
 INSTRUCTIONS_FILE = "instructions.json"
-CAP_MODES = ("first", "sample")
 
 
 class TaskFormatError(ValueError):
@@ -136,7 +133,7 @@ def _find_instructions(source: TaskSource, directory: Path) -> Path | None:
             )
         if directory.name in table:
             return shared
-    if source.format == "sapo":
+    if source.format == "sentence_label":
         raise TaskFormatError(
             f"task {directory.name}: no instructions found; expected an entry "
             f"{directory.name!r} in {shared} or a file {own}"
@@ -178,7 +175,7 @@ def _instruction_entry(files: TaskFiles) -> dict[str, Any]:
         if not isinstance(data["instruction"], str):
             raise TaskFormatError(f"{where}: field 'instruction' must be a string")
         entry["instruction"] = data["instruction"]
-    elif files.format == "sapo":
+    elif files.format == "sentence_label":
         raise TaskFormatError(f"{where}: field 'instruction' is missing")
     suffix = data.get("suffix", "")
     if suffix is None:
@@ -199,7 +196,9 @@ def _field_error(path: Path, index: int, name: str, problem: str) -> TaskFormatE
     return TaskFormatError(f"{path}: record {index}: field {name!r} {problem}")
 
 
-def _sapo_rows(path: Path, data: Any, files: TaskFiles, split: str) -> list[tuple[str, str, list]]:
+def _sentence_label_rows(
+    path: Path, data: Any, files: TaskFiles, split: str
+) -> list[tuple[str, str, list]]:
     if not isinstance(data, list):
         raise TaskFormatError(
             f"{path}: expected a JSON list of {{sentence, label}} records, "
@@ -298,8 +297,8 @@ def read_split(files: TaskFiles, split: str) -> pd.DataFrame:
         raise FileNotFoundError(f"task {files.full_name}: split file {path} does not exist")
     data = _load_json(path)
     entry = _instruction_entry(files)
-    if files.format == "sapo":
-        rows = _sapo_rows(path, data, files, split)
+    if files.format == "sentence_label":
+        rows = _sentence_label_rows(path, data, files, split)
         instruction = entry["instruction"]
     elif files.format == "superni":
         rows = _superni_rows(path, data, files, split)
@@ -324,83 +323,3 @@ def read_split(files: TaskFiles, split: str) -> pd.DataFrame:
     return pd.DataFrame(table, columns=TABLE_COLUMNS).astype(
         {"id": object, "input": object, "instruction": object, "suffix": object}
     )
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def apply_cap(df: pd.DataFrame, n: int | None, mode: str = "first", seed: int = 0) -> pd.DataFrame:
-    """Limit a table to ``n`` rows, reproducibly (``first`` rows, or a seeded ``sample``).
-
-    Sampled rows keep their original relative order so a capped table reads like its source.
-    """
-    if mode not in CAP_MODES:
-        raise ValueError(f"cap mode must be one of {CAP_MODES}, got {mode!r}")
-    if n is None:
-        return df
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise ValueError(f"cap must be a non-negative integer or None, got {n!r}")
-    if n >= len(df):
-        return df
-    if mode == "first":
-        return df.head(int(n)).reset_index(drop=True)
-    rng = np.random.default_rng(seed)
-    positions = np.sort(rng.choice(len(df), size=int(n), replace=False))
-    return df.iloc[positions].reset_index(drop=True)
-
-
-def majority_rate(references: Sequence[Sequence[str]], labels: Sequence[str]) -> float:
-    """Percentage of instances whose first reference is the most frequent one.
-
-    The accuracy of always answering the majority label: the floor a classifier must beat.
-    NaN for generation tasks (no labels) and for an empty split.
-    """
-    if len(labels) == 0 or len(references) == 0:
-        return math.nan
-    firsts = []
-    for i, refs in enumerate(references):
-        if len(refs) == 0:
-            raise ValueError(f"instance {i} has no reference")
-        firsts.append(refs[0])
-    return 100.0 * Counter(firsts).most_common(1)[0][1] / len(firsts)
-
-
-def build_task_tables(
-    files: TaskFiles, caps: dict[str, dict], seed: int = 0
-) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
-    """All splits of a task, capped, plus metadata a user auditing the data wants to see.
-
-    A missing ``dev`` split yields an empty table (some raw tasks ship only train/test).
-    """
-    tables: dict[str, pd.DataFrame] = {}
-    meta: dict[str, Any] = {
-        "task_id": files.task_id,
-        "full_name": files.full_name,
-        "format": files.format,
-        "instructions_file": None if files.instructions is None else str(files.instructions),
-        "splits": {},
-    }
-    for split in SPLITS:
-        if split not in files.splits and split == "dev":
-            table = pd.DataFrame({c: [] for c in TABLE_COLUMNS}).astype(object)
-            source_rows = 0
-        else:
-            table = read_split(files, split)
-            source_rows = len(table)
-        cap = caps.get(split) or {}
-        table = apply_cap(table, cap.get("n"), cap.get("mode", "first"), seed)
-        tables[split] = table
-        meta["splits"][split] = {
-            "file": str(files.splits[split]) if split in files.splits else None,
-            "source_rows": source_rows,
-            "rows": len(table),
-            "majority_rate": None
-            if table.empty or not len(table["labels"].iloc[0])
-            else majority_rate(list(table["references"]), list(table["labels"].iloc[0])),
-        }
-    first = next((t for t in tables.values() if not t.empty), None)
-    if first is not None:
-        meta["instruction"] = first["instruction"].iloc[0]
-        meta["suffix"] = first["suffix"].iloc[0]
-        meta["labels"] = list(first["labels"].iloc[0])
-    return tables, meta

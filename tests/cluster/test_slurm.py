@@ -1,0 +1,294 @@
+"""The cluster path on a real SLURM: the project's profile, GPU requests, retries that resume.
+
+A single-node SLURM (munge, slurmctld, slurmd, slurmdbd + MariaDB, two fake GPUs) is installed
+and started by scripts/local_slurm/start_local_slurm.sh, which needs root. The node advertises a
+GPU-node shape (8 CPUs, 128 GB) so config/profiles/slurm schedules unchanged; the test profile is
+that file with only the partition, the account and the status-polling timings replaced.
+Deselect with ``-m "not slurm"`` on a machine where you cannot be root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from tests.helpers import REPO
+from tests.helpers.workflow import planned_jobs, snakemake, tiny_config, write_config
+
+pytestmark = pytest.mark.slurm
+
+SCRIPTS = REPO / "scripts" / "local_slurm"
+NODE_SHAPE = {"SLURM_LOCAL_CPUS": "8", "SLURM_LOCAL_MEM_MB": "131072", "SLURM_LOCAL_GPUS": "2"}
+RUN = "tiny-inclora-original-s0"
+# rules that run on the submit host (localrule: True; the file paraphrase backend)
+LOCAL_RULES = {"prepare_tasks", "paraphrase_prompts", "aggregate_run", "summarize", "all"}
+GPU_RULES = {"evaluate_base", "train_stage", "predict_stage", "score_prompts_base", "score_prompts"}
+
+
+def _cluster_up() -> bool:
+    try:
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return False
+    return ping.returncode == 0 and "UP" in ping.stdout
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """Start the local SLURM (stopped again at the end only if this session started it)."""
+    if os.geteuid() != 0:
+        pytest.fail(
+            "the SLURM tests install and start a local SLURM and need root "
+            "(scripts/local_slurm/start_local_slurm.sh); deselect them with -m 'not slurm'"
+        )
+    already = _cluster_up()
+    proc = subprocess.run(
+        ["bash", str(SCRIPTS / "start_local_slurm.sh")],
+        env={**os.environ, **NODE_SHAPE},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, f"starting SLURM failed:\n{proc.stdout}\n{proc.stderr}"
+    assert "SLURM ready" in proc.stdout
+    yield
+    if not already:
+        subprocess.run(["bash", str(SCRIPTS / "stop_local_slurm.sh")], timeout=120, check=False)
+
+
+def slurm_test_profile(tmp: Path, train_timing: dict | None = None) -> Path:
+    """config/profiles/slurm with only partition, account and timings replaced (polling; for
+    the time-limit test also train_stage's runtime and signal lead time)."""
+    profile = yaml.safe_load((REPO / "config/profiles/slurm/config.yaml").read_text())
+    profile["default-resources"].update(slurm_partition="debug", slurm_account="testacct")
+    profile.update({"slurm-init-seconds-before-status-checks": 2, "latency-wait": 5})
+    if train_timing:
+        assert set(train_timing) <= {"runtime", "slurm_extra"}
+        profile["set-resources"]["train_stage"].update(train_timing)
+    folder = tmp / "profile"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(yaml.safe_dump(profile))
+    return folder
+
+
+def run_on_slurm(work: Path, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    """Snakemake through the SLURM executor; SIGINT on timeout so it scancels its jobs."""
+    cmd = [
+        *("timeout", "-s", "INT", "-k", "60", "1500"),
+        *(sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work)),
+        *("--profile", str(profile), *args),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1700)
+    (work / "snakemake_slurm.log").write_text(proc.stdout + proc.stderr)
+    assert proc.returncode == 0, f"SLURM run failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+    return proc
+
+
+def sacct_jobs(output: str) -> pd.DataFrame:
+    """The run's allocations from accounting (the plugin names every job after the run id)."""
+    run_id = re.search(r"SLURM run ID: (\S+)", output).group(1)
+    for _ in range(30):  # slurmdbd records a finished job's TRES a few seconds late
+        proc = subprocess.run(
+            ["sacct", "-X", "-n", "-P", "--name", run_id, "-S", "now-1days"]
+            + ["-o", "JobID,State,Comment,ReqTRES,AllocTRES,Timelimit"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        rows = [line.split("|") for line in proc.stdout.splitlines() if line.strip()]
+        columns = ["job", "state", "comment", "req", "alloc", "timelimit"]
+        table = pd.DataFrame(rows, columns=columns)
+        if len(table) and (table["req"] != "").all() and not table["state"].isin(["RUNNING"]).any():
+            break
+        time.sleep(1)
+    table["job"] = table["job"].astype(int)
+    table["rule"] = table["comment"].str.extract(r"^rule_(.+?)(?:_wildcards_.*)?$")[0]
+    return table.sort_values("job").reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def pipeline(slurm_cluster, tiny_model_dir, tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("slurm_pipeline")
+    config = write_config(root / "config.yaml", tiny_config(tiny_model_dir))
+    work = root / "slurm"
+    proc = run_on_slurm(work, slurm_test_profile(root), "--configfile", str(config))
+    output = proc.stdout + proc.stderr
+    local = root / "local"
+    snakemake(local, "--configfile", str(config))
+    return {"work": work, "local": local, "output": output, "jobs": sacct_jobs(output)}
+
+
+def test_every_cluster_job_went_through_sbatch(pipeline):
+    planned = planned_jobs(pipeline["output"])
+    planned.pop("total")
+    expected = {rule: n for rule, n in planned.items() if rule not in LOCAL_RULES}
+    jobs = pipeline["jobs"]
+    assert jobs["rule"].value_counts().to_dict() == expected
+    assert (jobs["state"] == "COMPLETED").all(), jobs
+    # and nothing of the local rules was submitted
+    assert not set(jobs["rule"]) & LOCAL_RULES
+    logs = pipeline["work"] / ".snakemake/slurm_logs"
+    assert {p.name for p in logs.iterdir()} == {f"rule_{r}" for r in expected}
+
+
+def test_gpu_rules_get_their_gpu_and_threads_equal_cpus(pipeline):
+    for row in pipeline["jobs"].itertuples():
+        tres = dict(item.split("=", 1) for item in row.alloc.split(","))
+        if row.rule in GPU_RULES:
+            assert tres.get("gres/gpu") == "1", row
+            assert tres["cpu"] == "4", "cpus_per_gpu 4 × 1 GPU = the rule's 4 threads"
+        else:
+            assert "gres/gpu" not in tres, row
+    # train_stage is the biggest memory request of the profile (64 GB × attempt 1)
+    train = pipeline["jobs"].query("rule == 'train_stage'")
+    assert train["req"].str.contains("mem=62.50G|mem=64000M").all()
+
+
+def test_metrics_equal_those_of_a_local_run(pipeline):
+    for name in ("accuracy_matrix.parquet", "summary.parquet"):
+        on_slurm = pd.read_parquet(pipeline["work"] / f"results/{RUN}/metrics/{name}")
+        local = pd.read_parquet(pipeline["local"] / f"results/{RUN}/metrics/{name}")
+        timings = [c for c in on_slurm.columns if c.endswith("seconds")]  # wall clock differs
+        pd.testing.assert_frame_equal(on_slurm.drop(columns=timings), local.drop(columns=timings))
+    assert (pipeline["work"] / "results/summary.txt").is_file()
+
+
+# --- preemption and time limits: a training job stopped mid-stage resumes on retry ------------
+
+
+# 60-100 s of training on a 2-core CPU: still running when SLURM's time-limit warning comes
+# (SLURM checks limits only every ~30 s), short enough for the doubled limit of the retry
+STEPS = 600
+TARGET = f"results/{RUN}/stage_1/adapter"
+WEIGHTS = f"{TARGET}/adapter_model.safetensors"
+
+
+def _preemption_config(model_dir: Path) -> dict:
+    config = tiny_config(model_dir)
+    config["sequences"]["tiny"]["tasks"] = ["task195"]
+    # no periodic checkpoint: the one to resume from can only come from the signal handler
+    config["training"].update({"max_steps": STEPS, "save_steps": 10_000, "logging_steps": 1})
+    return config
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_model_dir, tmp_path_factory) -> dict:
+    """The same stage trained locally in one go: what every resumed run must end with."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    config = write_config(root / "config.yaml", _preemption_config(tiny_model_dir))
+    snakemake(root, TARGET, "--configfile", str(config))
+    return load_file(str(root / WEIGHTS))
+
+
+def _cancel_training_mid_stage(work: Path, stop: list) -> dict:
+    """Wait for the train_stage job to log a few steps, then scancel it (SIGTERM, then KILL)."""
+    log = work / f"results/logs/{RUN}/stage_1/train.log"
+    deadline = time.time() + 900
+    while time.time() < deadline and not stop:
+        job_logs = list((work / ".snakemake/slurm_logs/rule_train_stage").glob("*/*.log"))
+        text = log.read_text() if log.is_file() else ""
+        if job_logs and text.count("'loss'") >= 3:
+            job = job_logs[0].stem
+            subprocess.run(["scancel", job], check=True)
+            return {"job": int(job), "logged_steps": text.count("'loss'")}
+        time.sleep(0.2)
+    return {}
+
+
+def _run_stage(root: Path, model_dir: Path, train_timing: dict | None = None, watch=None) -> dict:
+    import threading
+
+    config = write_config(root / "config.yaml", _preemption_config(model_dir))
+    work = root / "slurm"
+    work.mkdir()
+    seen: dict = {}
+    stop: list = []
+    thread = None
+    if watch:
+        thread = threading.Thread(target=lambda: seen.update(watch(work, stop)), daemon=True)
+        thread.start()
+    try:
+        proc = run_on_slurm(
+            work, slurm_test_profile(root, train_timing), TARGET, "--configfile", str(config)
+        )
+    finally:
+        stop.append(True)
+        if thread:
+            thread.join(timeout=30)
+    output = proc.stdout + proc.stderr
+    info = json.loads((work / TARGET / "promptcl_stage.json").read_text())
+    return {"work": work, "seen": seen, "jobs": sacct_jobs(output), "output": output, "info": info}
+
+
+@pytest.fixture(scope="module")
+def cancelled(slurm_cluster, tiny_model_dir, tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("slurm_scancel")
+    return _run_stage(root, tiny_model_dir, watch=_cancel_training_mid_stage)
+
+
+@pytest.fixture(scope="module")
+def time_limited(slurm_cluster, tiny_model_dir, tmp_path_factory) -> dict:
+    """train_stage with a 2-minute limit (× attempt) and SIGTERM 70 s before it.
+
+    slurmctld checks limits every 30 s and sends the warning at the first check within
+    warn + 30 s of the end: 20-50 s into attempt 1 (after setup, mid-training), 140-170 s
+    into attempt 2 (after it has finished)."""
+    root = tmp_path_factory.mktemp("slurm_time_limit")
+    timing = {"runtime": "2 * attempt", "slurm_extra": "'--signal=TERM@70'"}
+    return _run_stage(root, tiny_model_dir, train_timing=timing)
+
+
+def _states(run: dict) -> list[str]:
+    train = run["jobs"].query("rule == 'train_stage'")
+    return [state.split()[0] for state in train["state"]]  # sacct: "CANCELLED by <uid>"
+
+
+def _assert_resumed_to_the_uninterrupted_adapter(run: dict, uninterrupted: dict) -> None:
+    info = run["info"]
+    assert info["interruptions"], "the signal handler recorded no interruption"
+    assert {i["signal"] for i in info["interruptions"]} == {"SIGTERM"}
+    assert 0 < info["resumed_at_step"] == info["interruptions"][-1]["step"] < STEPS
+    assert info["steps"] == STEPS
+    stage = run["work"] / f"results/{RUN}/stage_1"
+    log = pd.read_parquet(stage / "train_log.parquet")
+    assert list(log["step"]) == list(range(1, STEPS + 1)), "one continuous loss curve"
+    assert not (stage / "state").exists(), "the state folder goes once the outputs are complete"
+    got = load_file(str(run["work"] / WEIGHTS))
+    assert got.keys() == uninterrupted.keys()
+    for key, want in uninterrupted.items():
+        assert torch.allclose(want, got[key], atol=1e-6), key
+
+
+def test_cancelled_training_job_is_retried_by_snakemake(cancelled):
+    assert cancelled["seen"], "the training job was never seen running"
+    assert _states(cancelled) == ["CANCELLED", "COMPLETED"], cancelled["jobs"]
+    train = cancelled["jobs"].query("rule == 'train_stage'")
+    assert train["job"].iloc[0] == cancelled["seen"]["job"]
+    assert cancelled["info"]["interruptions"][0]["step"] >= cancelled["seen"]["logged_steps"]
+
+
+def test_cancelled_job_resumed_from_its_sigterm_checkpoint_to_the_same_adapter(
+    cancelled, uninterrupted
+):
+    _assert_resumed_to_the_uninterrupted_adapter(cancelled, uninterrupted)
+
+
+def test_time_limit_warning_checkpoints_and_the_longer_retry_resumes(time_limited, uninterrupted):
+    states = _states(time_limited)
+    # attempt 1 is warned and fails; a warning can also reach a slow attempt 2 (then 3 finishes)
+    assert states[-1] == "COMPLETED" and set(states[:-1]) == {"FAILED"}, time_limited["jobs"]
+    train = time_limited["jobs"].query("rule == 'train_stage'")
+    limits = list(train["timelimit"])
+    assert limits[:2] == ["00:02:00", "00:04:00"], "the retry asks for runtime × attempt"
+    _assert_resumed_to_the_uninterrupted_adapter(time_limited, uninterrupted)

@@ -1,0 +1,49 @@
+"""Training one stage on the tiny model: the settings and data the training tests share."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from promptcl.adapters import save_adapter
+from promptcl.data import encode_table
+from promptcl.methods import build_stage_model
+from promptcl.modeling import adapter_name
+from promptcl.prompting import PromptFormat
+from promptcl.specs import LoraSpec, TrainSpec
+from promptcl.trainer import fit
+
+FMT = PromptFormat()
+LORA = LoraSpec(r=4, alpha=16, dropout=0.0, target_modules=("q_proj", "v_proj"))
+
+
+def table(n: int, label: str) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "id": [f"x{i}" for i in range(n)],
+            "input": [f"sentence number {i} about things" for i in range(n)],
+            "references": [[label]] * n,
+            "instruction": ["Say the label."] * n,
+            "suffix": ["Answer yes or no."] * n,
+            "labels": [["yes", "no"]] * n,
+        }
+    )
+
+
+def spec(**kw) -> TrainSpec:
+    base = dict(epochs=1, learning_rate=5e-3, batch_size=4, save_steps=2, logging_steps=1)
+    base.update(kw)
+    return TrainSpec(**base, seed=0, precision="fp32")
+
+
+def train(model_dir, tokenizer, prev, stage, out_root: Path, label: str, **kw) -> Path:
+    """Train stage ``stage`` (IncLoRA over ``prev``) on 8 examples answering ``label``."""
+    model = build_stage_model(model_dir, prev, LORA, stage)
+    examples = encode_table(tokenizer, FMT, table(8, label))
+    result = fit(model, tokenizer, examples, spec(**kw), out_root / f"state{stage}")
+    out = out_root / f"adapter{stage}"
+    save_adapter(model, adapter_name(stage), out, str(model_dir))
+    (out_root / f"log{stage}.json").write_text(json.dumps(result.info, default=str))
+    return out

@@ -1,0 +1,293 @@
+"""Tests for instance scores and continual metrics against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from promptcl.metrics import (
+    BINARY_METRICS,
+    METRICS,
+    coefficient_matrices,
+    continual_metrics,
+    exact_match,
+    label_accuracy,
+    mean_stderr,
+    normalize_answer,
+    rouge_l,
+    score_predictions,
+)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("The Cat!", "the cat"),  # SuperNI keeps articles
+        ("  an   apple,  a pear ", "an apple a pear"),
+        ("Positive:\n1. positive", "positive 1 positive"),
+        ("I'd rate it 4 stars.", "id rate it 4 stars"),
+        ("theatre", "theatre"),
+        ("", ""),
+    ],
+)
+def test_normalize_answer(raw: str, expected: str) -> None:
+    assert normalize_answer(raw) == expected
+
+
+def test_exact_match() -> None:
+    assert exact_match("Answer.", ["answer"]) == 100.0
+    assert exact_match("an answer", ["wrong", "An Answer"]) == 100.0
+    assert exact_match("The answer.", ["answer"]) == 0.0, "articles count, as in SuperNI"
+    assert exact_match("answers", ["answer"]) == 0.0
+    assert exact_match("", [""]) == 100.0
+    with pytest.raises(ValueError):
+        exact_match("x", [])
+
+
+def test_metric_constants() -> None:
+    assert METRICS == ("rougeL", "exact_match", "label_accuracy")
+    assert BINARY_METRICS == ("exact_match", "label_accuracy")
+
+
+def test_rouge_l_known_values() -> None:
+    assert rouge_l("the cat sat on the mat", ["the cat sat on the mat"]) == pytest.approx(100.0)
+    assert rouge_l("alpha beta", ["gamma delta"]) == 0.0
+    # pred tokens [cat, sat] (2), ref [the, cat, sat, on, the, mat] (6): LCS = 2,
+    # P = 2/2 = 1, R = 2/6 = 1/3, F = 2PR/(P+R) = (2/3)/(4/3) = 0.5 -> 50.
+    assert rouge_l("cat sat", ["the cat sat on the mat"]) == pytest.approx(50.0)
+    # pred [the, cat, sat, on, the, mat], ref [the, cat, lay, on, a, mat]: LCS the-cat-on-mat = 4,
+    # P = R = 4/6 -> F = 2/3 -> 66.67.
+    assert rouge_l("the cat sat on the mat", ["the cat lay on a mat"]) == pytest.approx(200 / 3)
+    # Stemming: "killed" and "kill" share a stem.
+    assert rouge_l("police killed the gunman", ["police kill the gunman"]) == pytest.approx(100.0)
+    # Max over references.
+    assert rouge_l("cat sat", ["gamma delta", "the cat sat on the mat"]) == pytest.approx(50.0)
+    assert rouge_l("", ["something"]) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("prediction", "references", "labels", "expected"),
+    [
+        ("Positive:\n1. positive", ["positive"], ["positive", "negative"], 100.0),
+        ("Positive:\n1. positive", ["negative"], ["positive", "negative"], 0.0),
+        ("Negative Review", ["Negative Review"], ["Positive Review", "Negative Review"], 100.0),
+        ("Negative Review", ["Positive Review"], ["Positive Review", "Negative Review"], 0.0),
+        ("I'd rate it 4 stars", ["4"], ["1", "2", "3", "4", "5"], 100.0),
+        ("I'd rate it 4 stars", ["5"], ["1", "2", "3", "4", "5"], 0.0),
+        # Earliest label wins even if another label appears later.
+        ("negative, not positive", ["negative"], ["positive", "negative"], 100.0),
+        # Whole words only: "unpositive" does not contain the label "positive".
+        ("unpositive", ["positive"], ["positive", "negative"], 0.0),
+        # No label occurs -> 0.
+        ("I cannot tell", ["positive"], ["positive", "negative"], 0.0),
+        # Tie at the same position -> the longer label.
+        ("not sure at all", ["not sure"], ["not", "not sure"], 100.0),
+        ("not sure at all", ["not"], ["not", "not sure"], 0.0),
+        # Only the first reference counts.
+        ("yes", ["no", "yes"], ["yes", "no"], 0.0),
+    ],
+)
+def test_label_accuracy(
+    prediction: str, references: list[str], labels: list[str], expected: float
+) -> None:
+    assert label_accuracy(prediction, references, labels) == expected
+
+
+def test_label_accuracy_generation_task_is_nan() -> None:
+    assert math.isnan(label_accuracy("anything", ["ref"], []))
+    assert math.isnan(label_accuracy("anything", ["ref"], np.array([], dtype=object)))
+
+
+def test_score_predictions() -> None:
+    df = pd.DataFrame(
+        {
+            "id": ["a", "b", "c"],
+            "prediction": ["Positive", "the cat sat", "cat sat"],
+            # parquet round-trips list columns as numpy arrays; both must work
+            "references": [["positive"], np.array(["the cat sat"]), ["the cat sat on the mat"]],
+            "labels": [["positive", "negative"], np.array([], dtype=object), []],
+        }
+    )
+    out = score_predictions(df)
+    assert "rougeL" not in df.columns  # input untouched
+    assert list(out["id"]) == ["a", "b", "c"]
+    for col in METRICS:
+        assert out[col].dtype == np.float64
+    assert out["exact_match"].tolist() == [100.0, 100.0, 0.0]
+    assert out["rougeL"].tolist() == pytest.approx([100.0, 100.0, 50.0])
+    assert out["label_accuracy"].iloc[0] == 100.0
+    assert out["label_accuracy"].iloc[1:].isna().all()
+
+
+def test_mean_stderr_binary() -> None:
+    # p = 0.75, n = 4: sqrt(0.75 * 0.25 / 4) * 100 = 21.6506...
+    mean, se, n = mean_stderr([100, 100, 100, 0, math.nan], binary=True)
+    assert (mean, n) == (75.0, 4)
+    assert se == pytest.approx(math.sqrt(0.75 * 0.25 / 4) * 100)
+    assert mean_stderr([100, 100], binary=True) == (100.0, 0.0, 2)
+
+
+def test_mean_stderr_continuous() -> None:
+    # values 10, 20, 30, 40: mean 25, sample var = (225+25+25+225)/3 = 500/3,
+    # se = sqrt(500/3) / sqrt(4) = 6.4549...
+    mean, se, n = mean_stderr([10.0, 20.0, 30.0, 40.0], binary=False)
+    assert (mean, n) == (25.0, 4)
+    assert se == pytest.approx(math.sqrt(500 / 3) / 2)
+    mean, se, n = mean_stderr([42.0, math.nan], binary=False)
+    assert (mean, n) == (42.0, 1) and math.isnan(se)
+
+
+def test_mean_stderr_empty() -> None:
+    for values in ([], [math.nan, math.nan]):
+        mean, se, n = mean_stderr(values, binary=True)
+        assert math.isnan(mean) and math.isnan(se) and n == 0
+
+
+# Hand-worked T = 3 example. Rows = stage 0..3, columns = tasks 1..3 (R[i][j] 1-based below).
+R3 = np.array(
+    [
+        [10.0, 20.0, 30.0],
+        [60.0, 25.0, 45.0],
+        [50.0, 70.0, 40.0],
+        [40.0, 65.0, 80.0],
+    ]
+)
+SE3 = np.array(
+    [
+        [1.0, 2.0, 3.0],
+        [4.0, 5.0, 6.0],
+        [7.0, 8.0, 9.0],
+        [10.0, 11.0, 12.0],
+    ]
+)
+
+
+def test_continual_metrics_values_t3() -> None:
+    m = continual_metrics(R3)
+    # AP = (40 + 65 + 80) / 3 = 61.667
+    assert m["AP"][0] == pytest.approx(185 / 3)
+    # BWT = 1/2 [(R31 - R11) + (R32 - R22)] = 1/2 [(40-60) + (65-70)] = -12.5
+    assert m["BWT"][0] == pytest.approx(-12.5)
+    # FWT = 1/2 [(R12 - R02) + (R23 - R03)] = 1/2 [(25-20) + (40-30)] = 7.5
+    assert m["FWT"][0] == pytest.approx(7.5)
+    # F = 1/2 [(max(10,60,50) - 40) + (max(20,25,70) - 65)] = 1/2 [20 + 5] = 12.5
+    assert m["F"][0] == pytest.approx(12.5)
+    # BWT_avg = 1/2 [ i=2: (R21 - R11) = -10 ; i=3: 1/2 ((40-60) + (65-70)) = -12.5 ] = -11.25
+    assert m["BWT_avg"][0] == pytest.approx(-11.25)
+    # FWT_avg = 1/2 [ i=1: 1/2 ((R12-R02) + (R13-R03)) = 1/2 (5 + 15) = 10 ;
+    #                 i=2: (R23 - R03) = 10 ] = 10
+    assert m["FWT_avg"][0] == pytest.approx(10.0)
+    # No SE matrix -> se is NaN.
+    assert all(math.isnan(se) for _, se in m.values())
+    assert set(m) == {"AP", "BWT", "FWT", "F", "BWT_avg", "FWT_avg"}
+
+
+def test_continual_metrics_se_t3() -> None:
+    m = continual_metrics(R3, SE3)
+    # AP: 1/3 on R31, R32, R33 (se 10, 11, 12): sqrt(100 + 121 + 144) / 3
+    assert m["AP"][1] == pytest.approx(math.sqrt(365) / 3)
+    # BWT: +-1/2 on R31 (10), R11 (4), R32 (11), R22 (8): 1/2 sqrt(100 + 16 + 121 + 64)
+    assert m["BWT"][1] == pytest.approx(0.5 * math.sqrt(301))
+    # FWT: +-1/2 on R12 (5), R02 (2), R23 (9), R03 (3): 1/2 sqrt(25 + 4 + 81 + 9)
+    assert m["FWT"][1] == pytest.approx(0.5 * math.sqrt(119))
+    # F: argmax cells R11 (4) and R22 (8), minus R31 (10) and R32 (11), weight 1/2
+    assert m["F"][1] == pytest.approx(0.5 * math.sqrt(16 + 64 + 100 + 121))
+    # BWT_avg coefficients: R21 +1/2 (7), R11 -3/4 (4), R31 +1/4 (10), R32 +1/4 (11), R22 -1/4 (8)
+    # se^2 = 12.25 + 9 + 6.25 + 7.5625 + 4 = 39.0625 -> se = 6.25
+    assert m["BWT_avg"][1] == pytest.approx(6.25)
+    # FWT_avg coefficients: R12 +1/4 (5), R02 -1/4 (2), R13 +1/4 (6), R03 -3/4 (3), R23 +1/2 (9)
+    # se^2 = (25 + 4 + 36 + 81) / 16 + 81 / 4 = 9.125 + 20.25 = 29.375
+    assert m["FWT_avg"][1] == pytest.approx(math.sqrt(29.375))
+
+
+def test_coefficient_matrices_reproduce_values() -> None:
+    coeffs = coefficient_matrices(R3)
+    m = continual_metrics(R3)
+    for name, C in coeffs.items():
+        assert C.shape == R3.shape
+        assert float(np.sum(C * R3)) == pytest.approx(m[name][0])
+    # BWT_avg coefficients as listed in test_continual_metrics_se_t3.
+    expected = np.zeros((4, 3))
+    expected[2, 0], expected[1, 0], expected[3, 0] = 0.5, -0.75, 0.25
+    expected[3, 1], expected[2, 1] = 0.25, -0.25
+    np.testing.assert_allclose(coeffs["BWT_avg"], expected)
+
+
+def test_continual_metrics_t1() -> None:
+    m = continual_metrics(np.array([[10.0], [30.0]]), np.array([[1.0], [2.0]]))
+    assert m["AP"] == (30.0, 2.0)
+    for name in ("BWT", "FWT", "F", "BWT_avg", "FWT_avg"):
+        assert math.isnan(m[name][0]) and math.isnan(m[name][1])
+
+
+def test_continual_metrics_nan_propagation() -> None:
+    # R01 is only used by F (as a max candidate), so only F becomes NaN.
+    R = R3.copy()
+    R[0, 0] = math.nan
+    m = continual_metrics(R, SE3)
+    assert math.isnan(m["F"][0]) and math.isnan(m["F"][1])
+    ref = continual_metrics(R3, SE3)
+    for name in ("AP", "BWT", "FWT", "BWT_avg", "FWT_avg"):
+        assert m[name] == pytest.approx(ref[name])
+    # A NaN final-stage cell hits AP, BWT and F values; a NaN SE cell only the se.
+    R = R3.copy()
+    R[3, 0] = math.nan
+    m = continual_metrics(R, SE3)
+    assert math.isnan(m["AP"][0]) and math.isnan(m["BWT"][0]) and math.isnan(m["F"][0])
+    assert m["FWT"][0] == pytest.approx(7.5)
+    SE = SE3.copy()
+    SE[3, 2] = math.nan
+    m = continual_metrics(R3, SE)
+    assert m["AP"][0] == pytest.approx(185 / 3) and math.isnan(m["AP"][1])
+    assert m["BWT"][1] == pytest.approx(0.5 * math.sqrt(301))
+
+
+@pytest.mark.parametrize("shape", [(3, 3), (2, 2), (1, 0), (4,)])
+def test_continual_metrics_bad_shape(shape: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match=r"\(T\+1, T\)"):
+        continual_metrics(np.zeros(shape))
+
+
+def test_continual_metrics_se_shape_mismatch() -> None:
+    with pytest.raises(ValueError, match="SE matrix shape"):
+        continual_metrics(R3, np.zeros((3, 3)))
+
+
+# --- one-letter answers (multiple choice) -----------------------------------------------------
+
+
+def test_one_letter_answers_are_not_erased_by_article_removal():
+    """'A' is an article to SQuAD's normalisation: an empty prediction must not match it."""
+    assert normalize_answer("A") == "a" and normalize_answer("A.") == "a"
+    assert exact_match("", ["A"]) == 0.0
+    assert exact_match("A", ["A"]) == 100.0 and exact_match("(A)", ["A"]) == 100.0
+    assert exact_match("B", ["A"]) == 0.0
+
+
+def test_multiple_choice_task_scores_letters(tmp_path):
+    """task073 (CommonsenseQA): references are the letters A-E."""
+    from promptcl.tasks import TaskSource, read_split, resolve_task
+    from tests.helpers import REPO
+
+    files = resolve_task("task073", [TaskSource("superni", REPO / "resources/tasks/superni")])
+    table = read_split(files, "test").head(40)
+    labels = list(table["labels"].iloc[0])
+    assert labels == ["A", "B", "C", "D", "E"]
+    truth = [refs[0] for refs in table["references"]]
+    wrong = [labels[(labels.index(r) + 1) % 5] for r in truth]
+    for predictions, expected in (
+        (truth, 100.0),
+        ([f"The answer is {r}." for r in truth], None),
+        ([""] * len(truth), 0.0),
+        (wrong, 0.0),
+    ):
+        scored = score_predictions(table.assign(prediction=predictions))
+        assert scored["label_accuracy"].mean() == (100.0 if expected is None else expected)
+        if expected is not None:
+            assert scored["exact_match"].mean() == expected
+    # "A. something" states the letter A first: label accuracy credits it
+    assert label_accuracy("A. express information", ["A"], labels) == 100.0
+    assert label_accuracy("", ["A"], labels) == 0.0

@@ -1,0 +1,90 @@
+"""The workflow plan (the DAG as data) without Snakemake: what each method and strategy asks of
+the DAG, the params each rule gets, and that building it never imports torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from promptcl import paths
+from promptcl.methods import METHODS
+from promptcl.plan import WorkflowPlan
+from promptcl.runs import ConfigError
+from promptcl.strategies import STRATEGIES
+from tests.helpers import REPO
+
+
+def plan_of(**overrides) -> WorkflowPlan:
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    config["runs"] = {
+        "sequences": ["demo"],
+        "methods": ["inclora", "olora", "seqlora"],
+        "prompt_strategies": ["original", "sapo"],
+        "seeds": [0],
+    }
+    config.update(overrides)
+    validate(config, str(REPO / "config/schema.yaml"))
+    return WorkflowPlan.from_config(config, REPO)
+
+
+def wc(**kw):
+    return SimpleNamespace(**kw)
+
+
+def test_building_the_plan_never_imports_torch():
+    code = (
+        "import sys; sys.path.insert(0, 'workflow_scripts');"
+        "import promptcl.plan, promptcl.methods, promptcl.strategies, promptcl.paths;"
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_each_method_declares_the_states_of_its_stages():
+    plan = plan_of()
+    adapter = lambda run, k: paths.fill(paths.ADAPTER, run=run, stage=k)  # noqa: E731
+    inc, seq = "demo-inclora-sapo-s0", "demo-seqlora-sapo-s0"
+    assert plan.state_before(wc(run=inc, stage="3")) == [adapter(inc, 1), adapter(inc, 2)]
+    assert plan.state_after(wc(run=inc, stage="2")) == [adapter(inc, 1), adapter(inc, 2)]
+    assert plan.state_before(wc(run=seq, stage="3")) == [adapter(seq, 2)]
+    assert plan.state_before(wc(run=seq, stage="1")) == []
+    assert plan.state_after(wc(run=seq, stage="2")) == [adapter(seq, 2)]
+    assert plan.stage_records(wc(run=seq, stage="2")) == [adapter(seq, 1), adapter(seq, 2)]
+
+
+def test_scores_are_asked_only_by_strategies_that_need_them():
+    plan = plan_of()
+    assert plan.stage_scores(wc(run="demo-inclora-original-s0", stage="2")) == {}
+    first = plan.stage_scores(wc(run="demo-inclora-sapo-s0", stage="1"))
+    assert first == {"scores": paths.fill(paths.BASE_SCORES, task="task195")}, "shared"
+    later = plan.stage_scores(wc(run="demo-olora-sapo-s0", stage="2"))
+    assert later == {"scores": "results/demo-olora-sapo-s0/stage_2/prompt_scores.parquet"}
+
+
+def test_train_options_hold_only_the_sections_a_run_reads():
+    plan = plan_of(sapo={"rescore_every": 5})
+    assert plan.train_options(wc(run="demo-inclora-original-s0")) == {}
+    assert set(plan.train_options(wc(run="demo-olora-original-s0"))) == {"olora"}
+    assert set(plan.train_options(wc(run="demo-olora-sapo-s0"))) == {"sapo", "scoring", "olora"}
+    plain = plan_of()
+    assert set(plain.train_options(wc(run="demo-inclora-sapo-s0"))) == {"sapo"}
+
+
+def test_registries_match_the_schema():
+    schema = yaml.safe_load((REPO / "config/schema.yaml").read_text())
+    runs = schema["properties"]["runs"]["properties"]
+    assert set(runs["methods"]["items"]["enum"]) == set(METHODS)
+    pattern = runs["prompt_strategies"]["items"]["pattern"]
+    for name, strategy in STRATEGIES.items():
+        assert (name + ":<id>" if strategy.takes_argument else name).split(":")[0] in pattern
+
+
+def test_a_stage_beyond_the_sequence_is_named():
+    with pytest.raises(ConfigError, match="has 3 stages, not 4"):
+        plan_of().stage_task(wc(run="demo-inclora-sapo-s0", stage="4"))

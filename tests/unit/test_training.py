@@ -1,0 +1,287 @@
+"""IncLoRA stage training, adapter stacking and resume on a tiny random model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+
+from promptcl.adapters import save_adapter
+from promptcl.batching import PadCollator
+from promptcl.data import encode_table
+from promptcl.methods import build_stage_model
+from promptcl.modeling import load_base_model, load_state
+from promptcl.prompting import IGNORE_INDEX
+from promptcl.specs import TrainSpec
+from promptcl.trainer import fit
+from tests.helpers.stages import FMT, LORA, spec, table, train
+
+
+@pytest.fixture(scope="module")
+def two_stages(tiny_model_dir, tiny_tokenizer, tmp_path_factory):
+    root = tmp_path_factory.mktemp("stages")
+    a1 = train(tiny_model_dir, tiny_tokenizer, [], 1, root, "yes")
+    a2 = train(tiny_model_dir, tiny_tokenizer, [a1], 2, root, "no")
+    return root, a1, a2
+
+
+def test_collator_masks_padding_and_prompt(tiny_tokenizer):
+    examples = encode_table(tiny_tokenizer, FMT, table(2, "yes").assign(input=["a", "b c d e"]))
+    for ex in examples:
+        answer = [t for t in ex["labels"] if t != IGNORE_INDEX]
+        assert tiny_tokenizer.decode(answer) == "yes<|im_end|>"
+    batch = PadCollator(tiny_tokenizer.pad_token_id)(examples)
+    short = int(batch["attention_mask"][0].sum())
+    assert short < batch["input_ids"].shape[1]
+    assert (batch["labels"][0, short:] == IGNORE_INDEX).all()
+
+
+def test_only_the_new_lora_trains(tiny_model_dir, two_stages):
+    _, a1, _ = two_stages
+    model = build_stage_model(tiny_model_dir, [a1], LORA, 2)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".stage_2." in n and ".lora_" in n for n in trainable)
+    assert model.base_model.active_adapters == ["stage_1", "stage_2"]
+
+
+def test_adapter_folder_is_standard_peft(tiny_model_dir, two_stages):
+    _, a1, _ = two_stages
+    assert (a1 / "adapter_config.json").is_file() and (a1 / "adapter_model.safetensors").is_file()
+    model = PeftModel.from_pretrained(load_base_model(tiny_model_dir), str(a1))
+    assert any("lora_A" in n for n, _ in model.named_parameters())
+    config = json.loads((a1 / "adapter_config.json").read_text())
+    assert config["r"] == 4 and config["lora_alpha"] == 16
+
+
+def _merged_reference(model_dir: Path, adapters: list[Path]) -> torch.nn.Module:
+    """Base weights + Σ_k (alpha_k / r_k) B_k A_k, computed by hand from the adapter files."""
+    base = load_base_model(model_dir)
+    params = dict(base.named_parameters())
+    with torch.no_grad():
+        for adapter in adapters:
+            cfg = json.loads((adapter / "adapter_config.json").read_text())
+            scale = cfg["lora_alpha"] / cfg["r"]
+            weights = load_file(str(adapter / "adapter_model.safetensors"))
+            for key, a in weights.items():
+                if ".lora_A." not in key:
+                    continue
+                b = weights[key.replace(".lora_A.", ".lora_B.")]
+                target = key.split("base_model.model.", 1)[1].replace(".lora_A.weight", ".weight")
+                params[target] += scale * (b @ a)
+    return base.eval()
+
+
+def test_stacked_state_equals_merged_deltas(tiny_model_dir, tiny_tokenizer, two_stages):
+    _, a1, a2 = two_stages
+    ids = torch.tensor([tiny_tokenizer("hello there, general kenobi")["input_ids"]])
+    stacked = load_state(tiny_model_dir, [a1, a2])
+    reference = _merged_reference(tiny_model_dir, [a1, a2])
+    base = load_state(tiny_model_dir)
+    with torch.no_grad():
+        got, want, plain = stacked(ids).logits, reference(ids).logits, base(ids).logits
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(got, plain, atol=1e-3), "the adapters must change the logits"
+    # a wrong scaling (e.g. alpha of the default config, or only the last adapter) is caught
+    only_last = _merged_reference(tiny_model_dir, [a2])
+    with torch.no_grad():
+        assert not torch.allclose(got, only_last(ids).logits, atol=1e-4)
+
+
+def test_training_lowers_loss_and_logs_steps(two_stages):
+    root, _, _ = two_stages
+    info = json.loads((root / "log1.json").read_text())
+    assert info["steps"] == 2 and info["examples"] == 8 and info["tokens"] > 0
+
+
+def test_resume_from_checkpoint_gives_same_adapter(tiny_model_dir, tiny_tokenizer, tmp_path):
+    """An interrupted stage resumed from its checkpoint ends with the uninterrupted adapter."""
+    full = train(tiny_model_dir, tiny_tokenizer, [], 1, tmp_path / "full", "yes", max_steps=4)
+    # interrupted run: stop after 2 steps (a checkpoint at step 2), then resume to 4
+    part = tmp_path / "part"
+    model = build_stage_model(tiny_model_dir, [], LORA, 1)
+    examples = encode_table(tiny_tokenizer, FMT, table(8, "yes"))
+    from transformers import TrainerCallback
+
+    class StopAt2(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 2:
+                control.should_training_stop = True
+
+    fit(model, tiny_tokenizer, examples, spec(max_steps=4), part / "state1", [StopAt2()])
+    assert (part / "state1" / "checkpoint-2").is_dir()
+    model = build_stage_model(tiny_model_dir, [], LORA, 1)
+    result = fit(model, tiny_tokenizer, examples, spec(max_steps=4), part / "state1")
+    assert result.info["resumed_from"].endswith("checkpoint-2")
+    save_adapter(model, "stage_1", part / "adapter1", str(tiny_model_dir))
+    want = load_file(str(full / "adapter_model.safetensors"))
+    got = load_file(str(part / "adapter1" / "adapter_model.safetensors"))
+    assert want.keys() == got.keys()
+    for key in want:
+        assert torch.allclose(want[key], got[key], atol=1e-6), key
+
+
+def test_sapo_rescoring_switches_prompts_and_checkpoints_its_history(
+    tiny_model_dir, tiny_tokenizer, tmp_path
+):
+    from promptcl.data import PromptedDataset, encode_candidates
+    from promptcl.strategies import SapoOptions
+    from promptcl.strategies.sapo import HISTORY_FILE, Selection, rescore_callback
+
+    calls: list[int] = []
+
+    def scorer(model) -> pd.DataFrame:
+        assert not model.training, "scoring runs in eval mode"
+        calls.append(1)
+        losses = [1.0, 0.5] if len(calls) % 2 else [0.5, 1.0]
+        return pd.DataFrame({"candidate_id": [0, 1], "mean_batch_loss": losses})
+
+    selection = Selection(0)
+    texts = {0: "Say the label.", 1: "Give the label of this sentence now."}
+    encodings = encode_candidates(tiny_tokenizer, FMT, table(8, "yes"), texts)
+    dataset = PromptedDataset(encodings, selection.choose)
+    model = build_stage_model(tiny_model_dir, [], LORA, 1)
+    callback = rescore_callback(selection, scorer, 1, SapoOptions(), seed=(0, 1))
+    state = tmp_path / "state"
+    fit(model, tiny_tokenizer, dataset, spec(max_steps=4), state, [callback])
+    # re-scored after steps 1-3 (not after the last one), switching by the scorer's argmin
+    assert selection.history == [
+        {"step": 0, "candidate_id": 0},
+        {"step": 1, "candidate_id": 1},
+        {"step": 2, "candidate_id": 0},
+        {"step": 3, "candidate_id": 1},
+    ]
+    assert dataset[0] == encodings[1][0], "the dataset serves the current choice"
+    saved = json.loads((state / "checkpoint-2" / HISTORY_FILE).read_text())
+    assert saved == selection.history[:3]
+    resumed = Selection(1)
+    resumed.restore(str(state / "checkpoint-2"))
+    assert resumed.current == 0 and resumed.history == saved
+
+
+# --- optimisation that does not depend on the launch ---------------------------------------------
+
+
+def test_warmup_ratio_is_a_ratio_over_its_whole_range(tiny_model_dir, tiny_tokenizer, tmp_path):
+    """warmup_ratio 1.0 warms up over the whole stage (transformers would read 1.0 as 1 step)."""
+    model = build_stage_model(tiny_model_dir, [], LORA, 1)
+    examples = encode_table(tiny_tokenizer, FMT, table(16, "yes"))
+    warm = spec(max_steps=4, warmup_ratio=1.0, batch_size=4)
+    result = fit(model, tiny_tokenizer, examples, warm, tmp_path / "state")
+    lrs = list(result.log["lr"])
+    assert lrs == sorted(lrs) and len(set(lrs)) == 4, f"lr must rise at every step: {lrs}"
+    assert lrs[-1] < warm.learning_rate, "the peak comes only after the last step"
+
+
+def test_global_batch_size_derives_the_accumulation_from_the_process_count():
+    from promptcl.specs import accumulation_steps
+
+    spec = TrainSpec(batch_size=8, global_batch_size=64)
+    assert [accumulation_steps(spec, p) for p in (1, 2, 4, 8)] == [8, 4, 2, 1]
+    assert spec.batching(4) == {
+        "processes": 4,
+        "micro_batch": 8,
+        "grad_accum": 2,
+        "effective_batch": 64,
+    }
+    with pytest.raises(ValueError, match="training.global_batch_size=64 is not a multiple"):
+        accumulation_steps(spec, 3)
+    with pytest.raises(ValueError, match="not both"):
+        accumulation_steps(TrainSpec(batch_size=8, grad_accum=2, global_batch_size=64), 1)
+    assert accumulation_steps(TrainSpec(grad_accum=3), 8) == 3
+    assert accumulation_steps(TrainSpec(), 8) == 1
+
+
+# --- safe resume ---------------------------------------------------------------------------------
+
+
+def _stage_job(root: Path, model_dir: Path):
+    from promptcl.job import StageJob
+
+    root.mkdir(parents=True, exist_ok=True)
+    table(8, "yes").to_parquet(root / "train.parquet")
+    pd.DataFrame({"candidate_id": [0], "text": ["Say the label."]}).to_parquet(root / "c.parquet")
+    return StageJob(
+        stage=1,
+        run={"run": "r", "method": "inclora", "strategy": "original", "seed": 0},
+        task="t",
+        model_dir=str(model_dir),
+        train=str(root / "train.parquet"),
+        candidates=str(root / "c.parquet"),
+        adapter_out=str(root / "adapter"),
+        train_log_out=str(root / "log.parquet"),
+        state_dir=str(root / "state"),
+        model={"precision": "fp32", "trust_remote_code": False},
+        prompt={},
+        lora={},
+        training={},
+    )
+
+
+def test_checkpoints_of_changed_input_contents_are_discarded(tiny_model_dir, tmp_path):
+    """An upstream rerun that rewrites a task table in place must not resume old checkpoints."""
+    from promptcl.job import claim_state_dir
+
+    job = _stage_job(tmp_path, tiny_model_dir)
+    state = Path(job.state_dir)
+    claim_state_dir(state, job.fingerprint(1))
+    (state / "checkpoint-2").mkdir()
+    claim_state_dir(state, job.fingerprint(1))
+    assert (state / "checkpoint-2").is_dir(), "the same job resumes"
+    table(8, "no").to_parquet(job.train)  # same path, new contents
+    claim_state_dir(state, job.fingerprint(1))
+    assert not (state / "checkpoint-2").exists(), "changed inputs: old checkpoints are discarded"
+
+
+def test_merged_state_gives_the_stacked_logits(tiny_model_dir, tiny_tokenizer, two_stages):
+    """Evaluation folds the frozen LoRAs into the weights once: the same logits in fp32, and in
+    bf16 no further from the exact (fp32) logits than the unmerged bf16 model is."""
+    _, a1, a2 = two_stages
+    ids = torch.tensor([tiny_tokenizer("the adapters are merged once per job")["input_ids"]])
+
+    def logits(precision: str, merge: bool) -> torch.Tensor:
+        model = load_state(tiny_model_dir, [a1, a2], precision, merge=merge)
+        if merge:
+            assert not any("lora" in n for n, _ in model.named_parameters())
+        with torch.no_grad():
+            return model(ids).logits.float()
+
+    exact = logits("fp32", merge=False)
+    assert (logits("fp32", merge=True) - exact).abs().max() < 1e-5
+    stacked_error = (logits("bf16", merge=False) - exact).abs().max()
+    merged_error = (logits("bf16", merge=True) - exact).abs().max()
+    assert merged_error <= 2 * stacked_error, (float(merged_error), float(stacked_error))
+
+
+def test_left_padded_answer_logits_give_the_full_loss_and_gradients(tiny_model_dir, tiny_tokenizer):
+    """Training projects only the answer positions to the vocabulary (left padding, position
+    ids from the mask, logits_to_keep): the same loss and gradients as the full right-padded
+    computation."""
+    from promptcl.batching import answer_window
+
+    examples = encode_table(
+        tiny_tokenizer, FMT, table(4, "yes").assign(input=["a", "b c d e f g", "h i", "j k l"])
+    )
+
+    def loss_and_grads(batch: dict) -> tuple[float, dict]:
+        model = build_stage_model(tiny_model_dir, [], LORA, 1, seed=3)
+        loss = model(**batch).loss
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return float(loss), grads
+
+    full_loss, full_grads = loss_and_grads(PadCollator(tiny_tokenizer.pad_token_id)(examples))
+    left = PadCollator(tiny_tokenizer.pad_token_id, left=True)(examples)
+    keep = answer_window(left["labels"])
+    assert keep < left["labels"].shape[1] // 2, "only the answer window is projected"
+    cropped = {**left, "labels": left["labels"][:, -keep:], "logits_to_keep": keep}
+    loss, grads = loss_and_grads(cropped)
+    assert loss == pytest.approx(full_loss, rel=1e-5)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, full_grads[name], rtol=1e-3, atol=1e-5)
+    right = PadCollator(tiny_tokenizer.pad_token_id)(examples)
+    assert answer_window(right["labels"]) > keep, "right padding: a wider window, still exact"

@@ -1,0 +1,66 @@
+"""Padding a batch of token sequences: right for training (labels follow), left for scoring and
+generation (every sequence ends at the last column, where answers are read and generation
+continues)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .prompting import IGNORE_INDEX
+
+
+def pad(
+    seqs: Sequence[list[int]], value: int, side: str = "right"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(padded ids, attention mask) of a batch of sequences."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), value, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        cols = slice(0, len(seq)) if side == "right" else slice(width - len(seq), width)
+        ids[row, cols] = torch.tensor(seq, dtype=torch.long)
+        mask[row, cols] = 1
+    return ids, mask
+
+
+def left_pad(seqs: Sequence[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left padding keeps every sequence's last token at the end, where generation continues."""
+    return pad(seqs, value, "left")
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that follow the attention mask: a left-padded row starts at 0 like an
+    unpadded one, so its scores do not depend on how many pads its batch gives it."""
+    return (mask.cumsum(dim=1) - 1).clamp(min=0)
+
+
+class PadCollator:
+    """Pads a training batch; padded label positions carry no loss.
+
+    ``left`` (training's default) puts every answer at the end of its row, so the stage's loss
+    needs the vocabulary projection of only the last few positions (see :func:`answer_window`);
+    position ids then follow the attention mask, which keeps the computation that of the
+    unpadded sequence."""
+
+    def __init__(self, pad_token_id: int, left: bool = False):
+        self.pad = pad_token_id
+        self.side = "left" if left else "right"
+
+    def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
+        ids, mask = pad([ex["input_ids"] for ex in batch], self.pad, self.side)
+        labels, _ = pad([ex["labels"] for ex in batch], IGNORE_INDEX, self.side)
+        out = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        if self.side == "left":
+            out["position_ids"] = positions(mask)
+        return out
+
+
+def answer_window(labels: torch.Tensor) -> int:
+    """How many final positions hold every answer token and the position that predicts the
+    first one: the logits the loss needs (``logits_to_keep``), whatever the padding side."""
+    columns = (labels != IGNORE_INDEX).any(dim=0).nonzero()
+    if columns.numel() == 0:
+        return labels.shape[1]
+    return labels.shape[1] - int(columns.min()) + 1

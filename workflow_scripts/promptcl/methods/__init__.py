@@ -1,0 +1,50 @@
+"""Continual-learning methods: how each stage's model is built and what its state is.
+
+One module per method, registered in :data:`METHODS`:
+
+* ``inclora``: a new LoRA per stage over the frozen LoRAs of earlier stages.
+* ``olora``: IncLoRA + the O-LoRA orthogonality penalty (config section ``olora``).
+* ``seqlora``: one LoRA trained on through all stages.
+
+A method declares what the DAG needs (the adapters of the state before and after stage k, its
+config sections), refuses launches it cannot run under, builds its stage model and may add a
+weight penalty. Adding one is one new module here, its line in :data:`METHODS` and the schema's
+enum. The DAG imports this package without torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..specs import LoraSpec
+from .base import CONFIG_KEY, Method
+from .inclora import IncLoRA
+from .olora import OLoRA
+from .seqlora import SeqLoRA
+
+METHODS: dict[str, Method] = {m.name: m for m in (IncLoRA(), OLoRA(), SeqLoRA())}
+
+__all__ = ["METHODS", "Method", "build_stage_model", "method_of"]
+
+
+def method_of(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"{CONFIG_KEY}: method '{name}' is not one of {sorted(METHODS)}")
+    return METHODS[name]
+
+
+def build_stage_model(
+    model_dir: Path,
+    previous_adapters: Sequence[Path],
+    lora: LoraSpec,
+    stage: int,
+    precision: str = "fp32",
+    trust_remote_code: bool = False,
+    seed: int = 0,
+    method: str = "inclora",
+):
+    """The model that trains stage k of ``method`` (see :meth:`Method.build_model`)."""
+    return method_of(method).build_model(
+        model_dir, previous_adapters, lora, stage, precision, trust_remote_code, seed
+    )

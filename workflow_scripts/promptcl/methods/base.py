@@ -1,0 +1,77 @@
+"""What a continual-learning method is: its declarations for the DAG and the stage model it
+builds. Torch-free at import (the DAG imports the registry); model code is imported lazily."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+from ..specs import LoraSpec, TrainSpec
+
+CONFIG_KEY = "runs.methods"
+
+
+class Method:
+    """A method: one module each, registered in :data:`promptcl.methods.METHODS`."""
+
+    name: ClassVar[str]
+    #: config sections its training reads (besides lora and training): params of its stages
+    config_sections: ClassVar[tuple[str, ...]] = ()
+
+    # --- what the DAG needs ----------------------------------------------------------------
+
+    def state_before(self, stage: int) -> list[int]:
+        """The stages whose LoRAs make the state stage k starts from (and SAPO scores on)."""
+        raise NotImplementedError
+
+    def state_after(self, stage: int) -> list[int]:
+        """The stages whose LoRAs make the state evaluated after stage k."""
+        raise NotImplementedError
+
+    def options(self, config: dict) -> dict:
+        return {section: config[section] for section in self.config_sections}
+
+    # --- what the stage job needs ------------------------------------------------------------
+
+    def check_launch(self, train: TrainSpec) -> None:
+        """Refuse launches the method cannot run under (e.g. a DeepSpeed stage), by config key."""
+
+    def build_model(
+        self,
+        model_dir: Path,
+        previous: Sequence[Path],
+        lora: LoraSpec,
+        stage: int,
+        precision: str = "fp32",
+        trust_remote_code: bool = False,
+        seed: int = 0,
+    ):
+        """The model that trains stage k; ``previous`` = the adapters of :meth:`state_before`.
+
+        A new LoRA's A matrix is random: seeding here makes a rerun (or a resumed job, whose
+        weights come from the checkpoint anyway) reproduce the same adapter.
+        """
+        raise NotImplementedError
+
+    def penalty(self, stage: int, options: dict):
+        """A weight penalty added once per optimiser update (see promptcl.trainer), or None."""
+        return None
+
+    def _check_previous(self, stage: int, previous: Sequence[Path]) -> None:
+        expected = len(self.state_before(stage))
+        if len(previous) != expected:
+            raise ValueError(
+                f"{self.name} stage {stage} needs {expected} earlier adapter(s), "
+                f"got {len(previous)}"
+            )
+
+
+def _base(model_dir: Path, precision: str, trust_remote_code: bool, seed: int):
+    from transformers import set_seed
+
+    from ..modeling import load_base_model
+
+    model = load_base_model(model_dir, precision, trust_remote_code)
+    set_seed(seed)
+    return model

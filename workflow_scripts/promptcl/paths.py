@@ -1,0 +1,68 @@
+"""Every path of the workflow's results, written once (as pypsa-eur does).
+
+Patterns keep their Snakemake wildcards (``{task}``, ``{run}``, ``{stage}``) for rule outputs;
+:func:`fill` makes a concrete path for input functions. Every job's log and benchmark live under
+``results/logs/`` and ``results/benchmarks/`` by the job's name (``JOB_*``).
+"""
+
+from __future__ import annotations
+
+RESULTS = "results"
+
+MODEL_DIR = f"{RESULTS}/model/hf"
+MODEL_MANIFEST = f"{RESULTS}/model/manifest.json"
+
+TASK_SPLIT = f"{RESULTS}/tasks/{{task}}/{{split}}.parquet"
+TASK_META = f"{RESULTS}/tasks/{{task}}/task.json"
+
+CANDIDATES = f"{RESULTS}/prompts/{{task}}/candidates.parquet"
+REPLY_CACHE = f"{RESULTS}/prompts/cache"  # undeclared: replies survive reruns and crashes
+BASE_SCORES = f"{RESULTS}/prompts/{{task}}/scores_base.parquet"
+
+ZERO_SHOT = f"{RESULTS}/zero_shot/predictions/{{task}}.parquet"
+
+STAGE = f"{RESULTS}/{{run}}/stage_{{stage}}"
+STAGE_SCORES = f"{STAGE}/prompt_scores.parquet"
+ADAPTER = f"{STAGE}/adapter"
+STAGE_RECORD = "promptcl_stage.json"  # inside the adapter folder: what the stage trained, and how
+TRAIN_LOG = f"{STAGE}/train_log.parquet"
+STATE = f"{STAGE}/state"  # undeclared: Snakemake deletes declared outputs of a restarted job
+PREDICTIONS = f"{STAGE}/predictions"
+
+MATRIX = f"{RESULTS}/{{run}}/metrics/accuracy_matrix.parquet"
+RUN_SUMMARY = f"{RESULTS}/{{run}}/metrics/summary.parquet"
+RUN_SUMMARY_TEXT = f"{RESULTS}/{{run}}/metrics/summary.txt"
+
+SUMMARY = f"{RESULTS}/summary.parquet"
+SUMMARY_TEXT = f"{RESULTS}/summary.txt"
+
+#: Folders directly under ``results/`` that are not runs.
+RESERVED = frozenset({"model", "tasks", "zero_shot", "prompts", "benchmarks", "logs"})
+
+
+def fill(pattern: str, **wildcards) -> str:
+    """A concrete path: ``fill(CANDIDATES, task="task195")``."""
+    return pattern.format(**wildcards)
+
+
+#: Jobs' log and benchmark names (stems under results/logs/ and results/benchmarks/).
+JOB_PREPARE_MODEL = "model/prepare_model"
+JOB_PREPARE_TASKS = "tasks/{task}"
+JOB_PARAPHRASE = "prompts/{task}/candidates"
+JOB_BASE_SCORES = "prompts/{task}/scores_base"
+JOB_STAGE_SCORES = "{run}/stage_{stage}/prompt_scores"
+JOB_ZERO_SHOT = "zero_shot/predictions/{task}"
+JOB_TRAIN = "{run}/stage_{stage}/train"
+JOB_PREDICT = "{run}/stage_{stage}/predictions"
+JOB_AGGREGATE = "{run}/metrics/aggregate"
+JOB_SUMMARIZE = "summarize"
+
+
+def log(job: str) -> str:
+    """The log of a job (its ``JOB_*`` name)."""
+    return f"{RESULTS}/logs/{job}.log"
+
+
+def benchmark(job: str) -> str:
+    """Snakemake's benchmark (time, memory) of a job (its ``JOB_*`` name)."""
+    return f"{RESULTS}/benchmarks/{job}.tsv"

@@ -1,0 +1,274 @@
+"""The workflow's plan, the DAG as data: its runs and tasks, the input functions of its rules and
+the params each rule receives, built once from the validated config (``rules/common.smk``).
+
+Torch-free: Snakemake imports it while it parses the workflow. What depends on a run's method or
+prompt strategy is asked of their registered modules (:mod:`promptcl.methods`,
+:mod:`promptcl.strategies`), so adding one needs no change here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import paths
+from .methods import method_of
+from .runs import (
+    ConfigError,
+    Run,
+    check_api_key,
+    check_sequences,
+    check_training,
+    expand_runs,
+    model_source_file,
+    resolve_tasks,
+    task_input_files,
+    task_sources,
+)
+from .strategies import strategy_of
+from .tasks import TaskFiles
+
+
+@dataclass
+class WorkflowPlan:
+    config: dict
+    workflow_dir: Path
+    runs: dict[str, Run]
+    tasks: dict[str, TaskFiles]
+    model_file: Path | None
+
+    @classmethod
+    def from_config(cls, config: dict, workflow_dir: Path) -> WorkflowPlan:
+        """Check the config beyond its schema and locate every file it names; raises
+        :class:`ConfigError` naming the key."""
+        check_sequences(config)
+        check_training(config)
+        runs = expand_runs(config)
+        tasks = resolve_tasks(runs.values(), task_sources(config, workflow_dir))
+        dag = cls(config, workflow_dir, runs, tasks, model_source_file(config, workflow_dir))
+        dag.check_prompt_inputs()
+        check_api_key(config, [Path(dag.candidates_of(t)) for t in dag.prompt_tasks])
+        return dag
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def run(self, wildcards) -> Run:
+        return self.runs[wildcards.run]
+
+    def stage_task(self, wildcards) -> str:
+        """The task trained at stage k of a run."""
+        run, k = self.run(wildcards), int(wildcards.stage)
+        if k > run.stages:
+            raise ConfigError(f"run {run.name} has {run.stages} stages, not {k}")
+        return run.tasks[k - 1]
+
+    def adapters(self, run: str, stages) -> list[str]:
+        return [paths.fill(paths.ADAPTER, run=run, stage=k) for k in stages]
+
+    def candidates_of(self, task: str) -> str:
+        return paths.fill(paths.CANDIDATES, task=task)
+
+    def workflow_path(self, path: str) -> Path:
+        path = Path(path)
+        return path if path.is_absolute() else self.workflow_dir / path
+
+    @property
+    def heldout(self) -> int:
+        return self.config["evaluation"]["heldout_prompts"]
+
+    @property
+    def prompts(self) -> dict:
+        return self.config["prompts"]
+
+    @property
+    def prompt_tasks(self) -> list[str]:
+        """Tasks that need candidate prompts: the trained ones, and with held-out prompts every
+        evaluated one."""
+        held = self.heldout
+        return sorted(
+            {t for run in self.runs.values() for t in (run.eval_tasks if held else run.tasks)}
+        )
+
+    # --- the model and the task tables ----------------------------------------------------------
+
+    def model_params(self) -> dict:
+        model = self.config["model"]
+        return {"trust_remote_code": model["trust_remote_code"], "precision": model["precision"]}
+
+    def model_source_params(self) -> dict:
+        """What decides the converted/linked model folder (not precision, which is per job)."""
+        params = {k: v for k, v in self.config["model"].items() if k != "precision"}
+        if self.model_file is not None:
+            params["path"] = str(self.model_file)
+        return params
+
+    def model_source_inputs(self, wildcards) -> dict:
+        """A GGUF file given as model.path is an input: replacing it reconverts the model."""
+        return {"gguf": str(self.model_file)} if self.model_file is not None else {}
+
+    def task_source_files(self, wildcards) -> list[str]:
+        return task_input_files(self.tasks[wildcards.task])
+
+    # --- candidate prompts ----------------------------------------------------------------------
+
+    def pool_file(self, task: str) -> Path:
+        """The file-backend pool of a task; {task} and {full_name} are filled in."""
+        pattern = self.prompts["file"]["path"]
+        return self.workflow_path(pattern.format(task=task, full_name=self.tasks[task].full_name))
+
+    def check_prompt_inputs(self) -> None:
+        """Missing pool or template files stop the workflow before any job runs."""
+        if self.prompts["backend"] == "file":
+            missing = [str(self.pool_file(t)) for t in self.prompt_tasks]
+            missing = [m for m in missing if not Path(m).is_file()]
+            if missing:
+                raise ConfigError(f"prompts.file.path: missing pool file(s) {missing}")
+        elif not self.workflow_path(self.prompts["request_template"]).is_file():
+            raise ConfigError(
+                "prompts.request_template: "
+                f"{self.workflow_path(self.prompts['request_template'])} does not exist"
+            )
+
+    def paraphrase_inputs(self, wildcards) -> dict:
+        task = wildcards.task
+        inputs = {
+            "table": paths.fill(paths.TASK_SPLIT, task=task, split="train"),
+            "meta": paths.fill(paths.TASK_META, task=task),
+        }
+        backend = self.prompts["backend"]
+        if backend == "file":
+            inputs["pool"] = str(self.pool_file(task))
+        else:
+            inputs["template"] = str(self.workflow_path(self.prompts["request_template"]))
+        if backend == "local" and not self.prompts["local"]["model"]:
+            inputs["model"] = paths.MODEL_DIR
+        return inputs
+
+    def paraphrase_params(self) -> dict:
+        """Only the active backend's options: changing another backend's settings reruns
+        nothing."""
+        backend = self.prompts["backend"]
+        keep = ["backend", "candidates", "min_valid", "seed", "validation", backend]
+        if backend != "file":
+            keep += ["delimiters", "request_template"]
+        return {k: self.prompts[k] for k in keep}
+
+    def paraphrase_model_params(self) -> dict:
+        model = self.config["model"]
+        return {
+            "name": model["name"],
+            "precision": model["precision"],
+            "trust_remote_code": model["trust_remote_code"],
+            "chat_template_kwargs": self.config["prompt"]["chat_template_kwargs"],
+        }
+
+    @property
+    def paraphrase_on_host(self) -> bool:
+        """The API backend needs the internet: it runs where Snakemake runs."""
+        return self.prompts["backend"] != "local"
+
+    @property
+    def paraphrase_threads(self) -> int:
+        return self.config["compute"]["threads"] if self.prompts["backend"] == "local" else 1
+
+    # --- a stage: scores, training, predictions ------------------------------------------------
+
+    def state_before(self, wildcards) -> list[str]:
+        """The adapters of the state stage k starts from (the run's method decides)."""
+        run = self.run(wildcards)
+        return self.adapters(run.name, method_of(run.method).state_before(int(wildcards.stage)))
+
+    def state_after(self, wildcards) -> list[str]:
+        """The adapters of the state evaluated after stage k."""
+        run = self.run(wildcards)
+        return self.adapters(run.name, method_of(run.method).state_after(int(wildcards.stage)))
+
+    def stage_records(self, wildcards) -> list[str]:
+        """The adapters of stages 1..k: their stage records say which prompt each task trained
+        with (predictions after stage k evaluate the seen tasks with it too)."""
+        return self.adapters(wildcards.run, range(1, int(wildcards.stage) + 1))
+
+    def stage_train_table(self, wildcards) -> str:
+        return paths.fill(paths.TASK_SPLIT, task=self.stage_task(wildcards), split="train")
+
+    def stage_candidates(self, wildcards) -> str:
+        return self.candidates_of(self.stage_task(wildcards))
+
+    def stage_scores(self, wildcards) -> dict:
+        """Pre-update prompt scores, for strategies that choose by them (SAPO); none otherwise.
+        Stage 1 of every run starts from the base model: its scores are shared."""
+        if not strategy_of(self.run(wildcards).strategy)[0].needs_scores:
+            return {}
+        if int(wildcards.stage) == 1:
+            return {"scores": paths.fill(paths.BASE_SCORES, task=self.stage_task(wildcards))}
+        return {"scores": paths.fill(paths.STAGE_SCORES, run=wildcards.run, stage=wildcards.stage)}
+
+    def deepspeed_config(self, wildcards) -> dict:
+        """The DeepSpeed config as an input, so editing it reruns training."""
+        path = self.config["training"]["deepspeed"]
+        return {"deepspeed": str(self.workflow_path(path))} if path else {}
+
+    def stage_params(self, wildcards) -> dict:
+        run = self.run(wildcards)
+        return {"run": run.name, "method": run.method, "strategy": run.strategy, "seed": run.seed}
+
+    def train_options(self, wildcards) -> dict:
+        """Only the config sections the run's method and strategy read, so changing e.g. the
+        O-LoRA lambdas reruns the O-LoRA runs only."""
+        run = self.run(wildcards)
+        options = dict(strategy_of(run.strategy)[0].options(self.config))
+        options.update(method_of(run.method).options(self.config))
+        return options
+
+    def run_test_tables(self, wildcards) -> list[str]:
+        return [
+            paths.fill(paths.TASK_SPLIT, task=t, split="test")
+            for t in self.run(wildcards).eval_tasks
+        ]
+
+    def run_eval_tasks(self, wildcards) -> list[str]:
+        return list(self.run(wildcards).eval_tasks)
+
+    def heldout_pool_of_task(self, wildcards) -> list[str]:
+        """Evaluation reads the held-out paraphrases from the candidates (none when not asked)."""
+        return [self.candidates_of(wildcards.task)] if self.heldout else []
+
+    def heldout_pools_of_run(self, wildcards) -> list[str]:
+        if not self.heldout:
+            return []
+        return [self.candidates_of(t) for t in self.run(wildcards).eval_tasks]
+
+    # --- a run's metrics and the summary --------------------------------------------------------
+
+    def zero_shot_predictions(self, wildcards) -> list[str]:
+        return [paths.fill(paths.ZERO_SHOT, task=t) for t in self.run(wildcards).eval_tasks]
+
+    def stage_predictions(self, wildcards) -> list[str]:
+        run = self.run(wildcards)
+        return [
+            paths.fill(paths.PREDICTIONS, run=run.name, stage=k) for k in range(1, run.stages + 1)
+        ]
+
+    def run_adapters(self, wildcards) -> list[str]:
+        run = self.run(wildcards)
+        return self.adapters(run.name, range(1, run.stages + 1))
+
+    def run_layout(self, wildcards) -> dict:
+        run = self.run(wildcards)
+        return {
+            "sequence": list(run.tasks),
+            "unseen": list(run.unseen),
+            "method": run.method,
+            "strategy": run.strategy,
+            "seed": run.seed,
+            "name": run.sequence,
+        }
+
+    def run_summaries(self, wildcards) -> dict:
+        return {
+            "tables": [paths.fill(paths.RUN_SUMMARY, run=name) for name in self.runs],
+            "texts": [paths.fill(paths.RUN_SUMMARY_TEXT, run=name) for name in self.runs],
+        }
+
+    def all_targets(self, wildcards) -> list[str]:
+        return [paths.SUMMARY, paths.SUMMARY_TEXT]

@@ -1,0 +1,174 @@
+"""Runs (sequence × method × strategy × seed) and the config checks the JSON schema cannot
+express, made while Snakemake parses the workflow (by :class:`promptcl.plan.WorkflowPlan`): a
+bad config stops before any job runs, with a message that names the offending key or file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from itertools import product
+from pathlib import Path
+
+from .paths import RESERVED
+from .tasks import SPLITS, TaskFiles, TaskNotFoundError, TaskSource, resolve_task
+
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+REQUIRED_SPLITS = ("train", "test")
+
+
+class ConfigError(ValueError):
+    """The config is well-typed but inconsistent; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One continual-learning run: a sequence trained with a method and prompt strategy."""
+
+    name: str
+    sequence: str
+    method: str
+    strategy: str
+    seed: int
+    tasks: tuple[str, ...]
+    unseen: tuple[str, ...]
+
+    @property
+    def stages(self) -> int:
+        return len(self.tasks)
+
+    @property
+    def eval_tasks(self) -> tuple[str, ...]:
+        return self.tasks + self.unseen
+
+
+def run_name(sequence: str, method: str, strategy: str, seed: int) -> str:
+    return f"{sequence}-{method}-{strategy.replace(':', '_')}-s{seed}"
+
+
+def expand_runs(config: dict) -> dict[str, Run]:
+    """Runs from ``runs`` (the product of its lists) plus any explicit ``runs.extra`` entries."""
+    sequences = config["sequences"]
+    spec = config["runs"]
+    combos = list(
+        product(spec["sequences"], spec["methods"], spec["prompt_strategies"], spec["seeds"])
+    )
+    runs: dict[str, Run] = {}
+    for i, extra in enumerate(spec.get("extra") or []):
+        combos.append(
+            (extra["sequence"], extra["method"], extra["prompt_strategy"], extra["seed"], i)
+        )
+    for combo in combos:
+        seq, method, strategy, seed = combo[:4]
+        key = "runs.sequences" if len(combo) == 4 else f"runs.extra[{combo[4]}].sequence"
+        if seq not in sequences:
+            raise ConfigError(f"{key}: unknown sequence '{seq}' (defined: {sorted(sequences)})")
+        name = run_name(seq, method, strategy, seed)
+        if not RUN_NAME.match(name) or name in RESERVED:
+            raise ConfigError(f"{key}: run name '{name}' is not usable as a results folder")
+        entry = sequences[seq]
+        runs[name] = Run(
+            name=name,
+            sequence=seq,
+            method=method,
+            strategy=strategy,
+            seed=int(seed),
+            tasks=tuple(entry["tasks"]),
+            unseen=tuple(entry.get("unseen") or ()),
+        )
+    if not runs:
+        raise ConfigError("runs: the config declares no run")
+    return runs
+
+
+def check_sequences(config: dict) -> None:
+    for name, entry in config["sequences"].items():
+        tasks, unseen = list(entry["tasks"]), list(entry.get("unseen") or [])
+        dup = sorted({t for t in tasks if tasks.count(t) > 1})
+        if dup:
+            raise ConfigError(f"sequences.{name}.tasks: tasks repeated: {dup}")
+        both = sorted(set(tasks) & set(unseen))
+        if both:
+            raise ConfigError(f"sequences.{name}.unseen: also trained in the sequence: {both}")
+
+
+def check_training(config: dict) -> None:
+    training = config["training"]
+    if training.get("grad_accum") is not None and training.get("global_batch_size") is not None:
+        raise ConfigError(
+            "training: set either training.grad_accum or training.global_batch_size, not both "
+            "(global_batch_size derives the accumulation from the process count)"
+        )
+
+
+def model_source_file(config: dict, base: Path) -> Path | None:
+    """The GGUF file of ``model.source: gguf`` (checked now, converted by prepare_model)."""
+    model = config["model"]
+    if model["source"] != "gguf":
+        return None
+    if not model.get("path"):
+        raise ConfigError("model.path: a GGUF file is required when model.source is 'gguf'")
+    path = Path(model["path"]).expanduser()
+    path = path if path.is_absolute() else base / path
+    if not path.is_file():
+        raise ConfigError(f"model.path: GGUF file {path} does not exist")
+    return path
+
+
+def check_api_key(config: dict, needed: Iterable[Path]) -> None:
+    """With the openai backend, a missing API key stops the workflow before any job runs when a
+    candidate table still has to be made (a rerun of finished tables needs no key)."""
+    prompts = config["prompts"]
+    if prompts["backend"] != "openai":
+        return
+    variable = prompts["openai"]["api_key_env"]
+    if os.environ.get(variable):
+        return
+    missing = sorted(str(p) for p in needed if not Path(p).is_file())
+    if missing:
+        raise ConfigError(
+            f"prompts.openai.api_key_env: environment variable {variable} is not set, and the "
+            f"openai backend still has to make {missing[:3]}{' …' if len(missing) > 3 else ''} "
+            f"(export {variable}=… before running)"
+        )
+
+
+def task_sources(config: dict, base: Path) -> list[TaskSource]:
+    """Task roots; relative roots are relative to the workflow directory."""
+    sources = []
+    for i, src in enumerate(config["data"]["sources"]):
+        root = Path(src["root"])
+        root = root if root.is_absolute() else base / root
+        if not root.is_dir():
+            raise ConfigError(f"data.sources[{i}].root: folder {root} does not exist")
+        sources.append(TaskSource(format=src["format"], root=root))
+    return sources
+
+
+def resolve_tasks(runs: Iterable[Run], sources: list[TaskSource]) -> dict[str, TaskFiles]:
+    """Every task a run trains or evaluates, located on disk now (not when a job starts)."""
+    found: dict[str, TaskFiles] = {}
+    for run in runs:
+        for task in run.eval_tasks:
+            if task in found:
+                continue
+            try:
+                files = resolve_task(task, sources)
+            except TaskNotFoundError as err:
+                raise ConfigError(f"sequences.{run.sequence}: {err}") from err
+            missing = [s for s in REQUIRED_SPLITS if s not in files.splits]
+            if missing:
+                expected = ", ".join(str(files.directory / f"{s}.json") for s in missing)
+                raise ConfigError(f"task '{task}': missing task file(s) {expected}")
+            found[task] = files
+    return found
+
+
+def task_input_files(files: TaskFiles) -> list[str]:
+    """The source files a task's table depends on (splits + instructions)."""
+    paths = [str(files.splits[s]) for s in SPLITS if s in files.splits]
+    if files.instructions is not None:
+        paths.append(str(files.instructions))
+    return paths
