@@ -167,28 +167,43 @@ def test_metrics_equal_those_of_a_local_run(pipeline):
 # --- preemption and time limits: a training job stopped mid-stage resumes on retry ------------
 
 
-# 60-100 s of training on a 2-core CPU: still running when SLURM's time-limit warning comes
-# (SLURM checks limits only every ~30 s), short enough for the doubled limit of the retry
-STEPS = 600
+# Training must still be running when SLURM's time-limit warning comes 20-50 s into attempt 1
+# (limits are checked only every ~30 s) and must fit in the doubled limit of the retry: about
+# TRAIN_SECONDS of training. Steps per second differ by machine and by code version (a faster
+# trainer once let attempt 1 finish before the warning), so the step count is measured here.
+TRAIN_SECONDS = 90
+CALIBRATION_STEPS = 200
 TARGET = f"results/{RUN}/stage_1/adapter"
 WEIGHTS = f"{TARGET}/adapter_model.safetensors"
 
 
-def _preemption_config(model_dir: Path) -> dict:
+def _preemption_config(model_dir: Path, steps: int) -> dict:
     config = tiny_config(model_dir)
     config["sequences"]["tiny"]["tasks"] = ["task195"]
     # no periodic checkpoint: the one to resume from can only come from the signal handler
-    config["training"].update({"max_steps": STEPS, "save_steps": 10_000, "logging_steps": 1})
+    config["training"].update({"max_steps": steps, "save_steps": 10_000, "logging_steps": 1})
     return config
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tiny_model_dir, tmp_path_factory) -> dict:
-    """The same stage trained locally in one go: what every resumed run must end with."""
-    root = tmp_path_factory.mktemp("uninterrupted")
-    config = write_config(root / "config.yaml", _preemption_config(tiny_model_dir))
+def _train_locally(root: Path, model_dir: Path, steps: int) -> Path:
+    config = write_config(root / "config.yaml", _preemption_config(model_dir, steps))
     snakemake(root, TARGET, "--configfile", str(config))
-    return load_file(str(root / WEIGHTS))
+    return root
+
+
+@pytest.fixture(scope="module")
+def steps(tiny_model_dir, tmp_path_factory) -> int:
+    """Training steps that take about TRAIN_SECONDS on this machine, measured by a short run."""
+    root = _train_locally(tmp_path_factory.mktemp("calibration"), tiny_model_dir, CALIBRATION_STEPS)
+    seconds = json.loads((root / TARGET / "promptcl_stage.json").read_text())["train_seconds"]
+    return max(600, round(TRAIN_SECONDS * CALIBRATION_STEPS / seconds))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_model_dir, tmp_path_factory, steps) -> dict:
+    """The same stage trained locally in one go: what every resumed run must end with."""
+    root = _train_locally(tmp_path_factory.mktemp("uninterrupted"), tiny_model_dir, steps)
+    return {"steps": steps, "weights": load_file(str(root / WEIGHTS))}
 
 
 def _cancel_training_mid_stage(work: Path, stop: list) -> dict:
@@ -206,10 +221,12 @@ def _cancel_training_mid_stage(work: Path, stop: list) -> dict:
     return {}
 
 
-def _run_stage(root: Path, model_dir: Path, train_timing: dict | None = None, watch=None) -> dict:
+def _run_stage(
+    root: Path, model_dir: Path, steps: int, train_timing: dict | None = None, watch=None
+) -> dict:
     import threading
 
-    config = write_config(root / "config.yaml", _preemption_config(model_dir))
+    config = write_config(root / "config.yaml", _preemption_config(model_dir, steps))
     work = root / "slurm"
     work.mkdir()
     seen: dict = {}
@@ -232,13 +249,13 @@ def _run_stage(root: Path, model_dir: Path, train_timing: dict | None = None, wa
 
 
 @pytest.fixture(scope="module")
-def cancelled(slurm_cluster, tiny_model_dir, tmp_path_factory) -> dict:
+def cancelled(slurm_cluster, tiny_model_dir, tmp_path_factory, steps) -> dict:
     root = tmp_path_factory.mktemp("slurm_scancel")
-    return _run_stage(root, tiny_model_dir, watch=_cancel_training_mid_stage)
+    return _run_stage(root, tiny_model_dir, steps, watch=_cancel_training_mid_stage)
 
 
 @pytest.fixture(scope="module")
-def time_limited(slurm_cluster, tiny_model_dir, tmp_path_factory) -> dict:
+def time_limited(slurm_cluster, tiny_model_dir, tmp_path_factory, steps) -> dict:
     """train_stage with a 2-minute limit (× attempt) and SIGTERM 70 s before it.
 
     slurmctld checks limits every 30 s and sends the warning at the first check within
@@ -246,7 +263,7 @@ def time_limited(slurm_cluster, tiny_model_dir, tmp_path_factory) -> dict:
     into attempt 2 (after it has finished)."""
     root = tmp_path_factory.mktemp("slurm_time_limit")
     timing = {"runtime": "2 * attempt", "slurm_extra": "'--signal=TERM@70'"}
-    return _run_stage(root, tiny_model_dir, train_timing=timing)
+    return _run_stage(root, tiny_model_dir, steps, train_timing=timing)
 
 
 def _states(run: dict) -> list[str]:
@@ -255,18 +272,19 @@ def _states(run: dict) -> list[str]:
 
 
 def _assert_resumed_to_the_uninterrupted_adapter(run: dict, uninterrupted: dict) -> None:
-    info = run["info"]
+    info, steps = run["info"], uninterrupted["steps"]
     assert info["interruptions"], "the signal handler recorded no interruption"
     assert {i["signal"] for i in info["interruptions"]} == {"SIGTERM"}
-    assert 0 < info["resumed_at_step"] == info["interruptions"][-1]["step"] < STEPS
-    assert info["steps"] == STEPS
+    assert 0 < info["resumed_at_step"] == info["interruptions"][-1]["step"] < steps
+    assert info["steps"] == steps
     stage = run["work"] / f"results/{RUN}/stage_1"
     log = pd.read_parquet(stage / "train_log.parquet")
-    assert list(log["step"]) == list(range(1, STEPS + 1)), "one continuous loss curve"
+    assert list(log["step"]) == list(range(1, steps + 1)), "one continuous loss curve"
     assert not (stage / "state").exists(), "the state folder goes once the outputs are complete"
     got = load_file(str(run["work"] / WEIGHTS))
-    assert got.keys() == uninterrupted.keys()
-    for key, want in uninterrupted.items():
+    want_weights = uninterrupted["weights"]
+    assert got.keys() == want_weights.keys()
+    for key, want in want_weights.items():
         assert torch.allclose(want, got[key], atol=1e-6), key
 
 
