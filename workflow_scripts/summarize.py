@@ -9,6 +9,7 @@ from promptcl.summary_text import compare_runs
 
 COLUMNS = [
     "run",
+    "protocol",
     "sequence",
     "method",
     "strategy",
