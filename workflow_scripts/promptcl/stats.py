@@ -1,0 +1,137 @@
+"""Numbers with intervals for the prompt-impact study: spreads, correlations and percentile
+bootstrap confidence intervals over candidates.
+
+Numpy only (no scipy at run time); the tests check every statistic against scipy. A bootstrap
+resamples the *candidates* (the unit the study varies) with a fixed seed, so an interval is
+reproducible and two analyses of one table agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+LEVEL = 0.95
+RESAMPLES = 2000
+
+
+def ranks(values: Sequence[float]) -> np.ndarray:
+    """Ranks 1..n with ties given their average rank (as scipy.stats.rankdata)."""
+    x = np.asarray(values, dtype=float)
+    order = np.argsort(x, kind="mergesort")
+    ranked = np.empty(len(x))
+    sorted_x = x[order]
+    start = 0
+    while start < len(x):
+        stop = start
+        while stop + 1 < len(x) and sorted_x[stop + 1] == sorted_x[start]:
+            stop += 1
+        ranked[order[start : stop + 1]] = (start + stop) / 2 + 1
+        start = stop + 1
+    return ranked
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson's r; NaN when either side is constant (no linear association is defined)."""
+    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(a) != len(b):
+        raise ValueError(f"pearson: {len(a)} values against {len(b)}")
+    a, b = a - a.mean(), b - b.mean()
+    denominator = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / denominator) if denominator > 0 else float("nan")
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rho: Pearson's r of the (tie-averaged) ranks."""
+    return pearson(ranks(x), ranks(y))
+
+
+CORRELATIONS: dict[str, Callable[[Sequence[float], Sequence[float]], float]] = {
+    "pearson": pearson,
+    "spearman": spearman,
+}
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """Range (max − min) and sample standard deviation (ddof=1) of a set of outcomes."""
+    x = np.asarray(values, dtype=float)
+    return {
+        "range": float(x.max() - x.min()),
+        "sd": float(x.std(ddof=1)) if len(x) > 1 else float("nan"),
+    }
+
+
+def _interval(samples: np.ndarray, level: float) -> tuple[float, float]:
+    samples = samples[np.isfinite(samples)]
+    if len(samples) == 0:
+        return float("nan"), float("nan")
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(samples, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def bootstrap_indices(n: int, resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
+    """resamples × n indices drawn with replacement (one row per bootstrap sample)."""
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
+def bootstrap_ci(
+    values: Sequence[float],
+    statistic: Callable[[np.ndarray], float],
+    resamples: int = RESAMPLES,
+    level: float = LEVEL,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile interval of ``statistic`` over candidates resampled with replacement."""
+    x = np.asarray(values, dtype=float)
+    draws = bootstrap_indices(len(x), resamples, seed)
+    return _interval(np.array([statistic(x[i]) for i in draws]), level)
+
+
+def correlation_ci(
+    x: Sequence[float],
+    y: Sequence[float],
+    kind: str,
+    resamples: int = RESAMPLES,
+    level: float = LEVEL,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile interval of a correlation, resampling (x, y) pairs together."""
+    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    correlate = CORRELATIONS[kind]
+    draws = bootstrap_indices(len(a), resamples, seed)
+    return _interval(np.array([correlate(a[i], b[i]) for i in draws]), level)
+
+
+def correlation_row(
+    x: Sequence[float], y: Sequence[float], kind: str, seed: int = 0, resamples: int = RESAMPLES
+) -> dict[str, float]:
+    """One correlation with its interval and n, as a table row."""
+    low, high = correlation_ci(x, y, kind, resamples=resamples, seed=seed)
+    return {"r": CORRELATIONS[kind](x, y), "ci_low": low, "ci_high": high, "n": len(x)}
+
+
+def mean_correlation_ci(
+    groups: Sequence[tuple[Sequence[float], Sequence[float]]],
+    kind: str,
+    resamples: int = RESAMPLES,
+    level: float = LEVEL,
+    seed: int = 0,
+) -> dict[str, float]:
+    """The mean of a correlation over groups (e.g. task pairs) and its stratified bootstrap
+    interval: each resample draws every group's candidates anew within that group."""
+    correlate = CORRELATIONS[kind]
+    arrays = [(np.asarray(x, dtype=float), np.asarray(y, dtype=float)) for x, y in groups]
+    point = float(np.nanmean([correlate(x, y) for x, y in arrays]))
+    rng = np.random.default_rng(seed)
+    samples = np.empty(resamples)
+    for b in range(resamples):
+        values = []
+        for x, y in arrays:
+            i = rng.integers(0, len(x), size=len(x))
+            values.append(correlate(x[i], y[i]))
+        values = np.asarray(values)
+        samples[b] = np.nanmean(values) if np.isfinite(values).any() else np.nan
+    low, high = _interval(samples, level)
+    return {"r": point, "ci_low": low, "ci_high": high, "n": sum(len(x) for x, _ in arrays)}
