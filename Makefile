@@ -1,5 +1,6 @@
 # Two entry points for a fresh machine; each bootstraps its own virtual environment in .venv.
-#   make demo   run the whole workflow on the bundled tasks with SmolLM2-135M-Instruct, print the summary
+#   make demo   run the whole workflow on the bundled tasks with SmolLM2-135M-Instruct, print the
+#               summary and write the report with every figure (results/report.html)
 #   make test   run the test suite (unit tests, tiny-model Snakemake DAGs, real models, SLURM, lint)
 #   make test-fast   the unit tier only (tests/unit, no whole DAGs, no SLURM)
 PYTHON ?= python3
@@ -23,7 +24,9 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 
 demo: $(VENV)/.installed
 	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
+	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS) --report results/report.html
 	@cat results/summary.txt
+	@echo "Figures: open results/report.html in a browser"
 
 # the venv's bin on PATH: DeepSpeed compiles its CPU op with the ninja installed there, and
 # SLURM jobs (sbatch --export=ALL) find the same tools

@@ -7,6 +7,9 @@ from pathlib import Path
 configfile: Path(workflow.basedir) / "config" / "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/prepare_model.smk"
 include: "rules/prepare_tasks.smk"
@@ -15,6 +18,8 @@ include: "rules/score.smk"
 include: "rules/evaluate.smk"
 include: "rules/train.smk"
 include: "rules/aggregate.smk"
+include: "rules/figures.smk"
+include: "rules/study.smk"
 
 
 rule all:

@@ -24,6 +24,9 @@ except ConfigError as err:
 
 
 wildcard_constraints:
-    run="|".join(PLAN.runs),
-    task="|".join(PLAN.tasks),
+    run=paths.alternatives(PLAN.all_runs),
+    task=paths.alternatives(PLAN.tasks),
+    branch=paths.alternatives(PLAN.branches),
     stage=r"[1-9][0-9]*",
+    figure="matrix|forgetting|loss",
+    metric="rougeL|label_accuracy|exact_match",

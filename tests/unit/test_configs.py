@@ -28,7 +28,7 @@ def merged(*names: str) -> dict:
     return config
 
 
-@pytest.mark.parametrize("extra", [None, "matrix.yaml", "paper_ni_seq_c1.yaml"])
+@pytest.mark.parametrize("extra", [None, "matrix.yaml", "study.yaml", "paper_ni_seq_c1.yaml"])
 def test_bundled_configs_validate(extra):
     config = merged("config.yaml", *([extra] if extra else []))
     validate(config, str(REPO / "config/schema.yaml"))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.workflow import snakemake, tiny_config, write_config
+from tests.helpers.workflow import SEQUENCE, UNSEEN, snakemake, tiny_config, write_config
 
 
 @pytest.fixture(scope="session")
@@ -14,4 +14,18 @@ def finished(tiny_model_dir, tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("workflow")
     cfg = write_config(work / "config.yaml", tiny_config(tiny_model_dir))
     snakemake(work, "--configfile", str(cfg))
+    return work
+
+
+@pytest.fixture(scope="session")
+def studied(tiny_model_dir, tmp_path_factory) -> Path:
+    """Two runs (original, sapo) and a prompt-impact study of the tiny sequence's two tasks in
+    one results/ folder, then the report: every figure the workflow makes."""
+    work = tmp_path_factory.mktemp("studied")
+    config = tiny_config(tiny_model_dir)
+    config["runs"]["prompt_strategies"] = ["original", "sapo"]
+    config["study"] = {"pairs": [SEQUENCE], "unseen": UNSEEN, "instances": 4, "bootstrap": 200}
+    cfg = write_config(work / "config.yaml", config)
+    snakemake(work, "--configfile", str(cfg))
+    snakemake(work, "--configfile", str(cfg), "--report", str(work / "report.html"))
     return work

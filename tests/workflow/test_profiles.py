@@ -18,7 +18,7 @@ def _workflow_rules() -> set[str]:
     import re
 
     text = "\n".join(p.read_text() for p in (REPO / "rules").glob("*.smk"))
-    return set(re.findall(r"^rule (\w+):", text, flags=re.M)) | {"all"}
+    return set(re.findall(r"^(?:rule|checkpoint) (\w+):", text, flags=re.M)) | {"all"}
 
 
 def test_profiles_only_name_rules_of_the_workflow():
@@ -33,7 +33,8 @@ def test_slurm_profile_gpu_rules_scale_with_attempt_and_threads_equal_cpus():
     profile = _profile("slurm")
     resources, threads = profile["set-resources"], profile["set-threads"]
     gpu_rules = {r for r, res in resources.items() if res.get("gpu")}
-    assert {"evaluate_base", "score_prompts_base", "score_prompts", "train_stage"} <= gpu_rules
+    model_rules = {"evaluate_base", "score_prompts_base", "score_prompts", "train_stage"}
+    assert model_rules | {"measure_candidates"} <= gpu_rules
     assert "predict_stage" in gpu_rules and "prepare_model" not in gpu_rules
     for rule, res in resources.items():
         assert "attempt" in str(res["runtime"]) and "attempt" in str(res["mem_mb"]), rule

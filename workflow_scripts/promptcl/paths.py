@@ -7,6 +7,8 @@ Patterns keep their Snakemake wildcards (``{task}``, ``{run}``, ``{stage}``) for
 
 from __future__ import annotations
 
+import re
+
 RESULTS = "results"
 
 MODEL_DIR = f"{RESULTS}/model/hf"
@@ -36,8 +38,30 @@ RUN_SUMMARY_TEXT = f"{RESULTS}/{{run}}/metrics/summary.txt"
 SUMMARY = f"{RESULTS}/summary.parquet"
 SUMMARY_TEXT = f"{RESULTS}/summary.txt"
 
+RUN_FIGURE = f"{RESULTS}/{{run}}/figures/{{figure}}.png"  # matrix, forgetting, loss
+CANDIDATES_FIGURE = f"{STAGE}/candidate_losses.png"  # SAPO stages: the losses it chose by
+COMPARISON_FIGURE = f"{RESULTS}/figures/runs_{{metric}}.png"
+
+STUDY = f"{RESULTS}/study"
+STUDY_MEASURES = f"{STUDY}/{{branch}}/measures.parquet"
+STUDY_GRADIENTS = f"{STUDY}/{{branch}}/gradients.parquet"
+STUDY_OUTCOMES = f"{STUDY}/{{branch}}/outcomes.parquet"
+STUDY_TABLE = f"{STUDY}/{{analysis}}.parquet"  # spread, outcome_correlations, predictors, ...
+STUDY_FIGURE = f"{STUDY}/figures/{{analysis}}.png"
+STUDY_ANALYSES = ("spread", "outcome_correlations", "predictors", "gradient_cosines")
+
+REPORT_CAPTIONS = "report"  # report/*.rst: the workflow description and each figure's caption
+
 #: Folders directly under ``results/`` that are not runs.
-RESERVED = frozenset({"model", "tasks", "zero_shot", "prompts", "benchmarks", "logs"})
+RESERVED = frozenset(
+    {"model", "tasks", "zero_shot", "prompts", "benchmarks", "logs", "figures", "study"}
+)
+
+
+def alternatives(names) -> str:
+    """A wildcard constraint matching exactly these names (nothing when there are none)."""
+    names = list(names)
+    return "|".join(re.escape(n) for n in names) if names else "(?!)"
 
 
 def fill(pattern: str, **wildcards) -> str:
@@ -56,6 +80,12 @@ JOB_TRAIN = "{run}/stage_{stage}/train"
 JOB_PREDICT = "{run}/stage_{stage}/predictions"
 JOB_AGGREGATE = "{run}/metrics/aggregate"
 JOB_SUMMARIZE = "summarize"
+JOB_PLOT_RUN = "{run}/figures/plot"
+JOB_PLOT_CANDIDATES = "{run}/stage_{stage}/candidate_losses"
+JOB_PLOT_RUNS = "figures/runs_{metric}"
+JOB_MEASURE = "study/{branch}/measures"
+JOB_OUTCOMES = "study/{branch}/outcomes"
+JOB_ANALYZE = "study/analyze"
 
 
 def log(job: str) -> str:

@@ -26,6 +26,7 @@ from .runs import (
     task_sources,
 )
 from .strategies import strategy_of
+from .study.design import Branch, plan_study
 from .tasks import TaskFiles
 
 
@@ -36,6 +37,13 @@ class WorkflowPlan:
     runs: dict[str, Run]
     tasks: dict[str, TaskFiles]
     model_file: Path | None
+    branches: dict[str, Branch]
+    study_runs: dict[str, Run]
+
+    @property
+    def all_runs(self) -> dict[str, Run]:
+        """The configured runs and every run the study may train (its cells)."""
+        return {**self.runs, **self.study_runs}
 
     @classmethod
     def from_config(cls, config: dict, workflow_dir: Path) -> WorkflowPlan:
@@ -44,8 +52,10 @@ class WorkflowPlan:
         check_sequences(config)
         check_training(config)
         runs = expand_runs(config)
-        tasks = resolve_tasks(runs.values(), task_sources(config, workflow_dir))
-        dag = cls(config, workflow_dir, runs, tasks, model_source_file(config, workflow_dir))
+        branches, cells = plan_study(config, runs)
+        tasks = resolve_tasks([*runs.values(), *cells.values()], task_sources(config, workflow_dir))
+        model_file = model_source_file(config, workflow_dir)
+        dag = cls(config, workflow_dir, runs, tasks, model_file, branches, cells)
         dag.check_prompt_inputs()
         check_api_key(config, [Path(dag.candidates_of(t)) for t in dag.prompt_tasks])
         return dag
@@ -53,17 +63,24 @@ class WorkflowPlan:
     # --- helpers -------------------------------------------------------------------------------
 
     def run(self, wildcards) -> Run:
-        return self.runs[wildcards.run]
+        return self.all_runs[wildcards.run]
+
+    def owner(self, run: str, stage: int) -> str:
+        """The run whose stage ``stage`` is this run's (itself, unless forked from another)."""
+        fork = self.all_runs[run].fork
+        return fork[0] if fork is not None and stage <= fork[1] else run
 
     def stage_task(self, wildcards) -> str:
         """The task trained at stage k of a run."""
         run, k = self.run(wildcards), int(wildcards.stage)
         if k > run.stages:
             raise ConfigError(f"run {run.name} has {run.stages} stages, not {k}")
+        if self.owner(run.name, k) != run.name:
+            raise ConfigError(f"stage {k} of run {run.name} is stage {k} of {run.fork[0]}")
         return run.tasks[k - 1]
 
     def adapters(self, run: str, stages) -> list[str]:
-        return [paths.fill(paths.ADAPTER, run=run, stage=k) for k in stages]
+        return [paths.fill(paths.ADAPTER, run=self.owner(run, k), stage=k) for k in stages]
 
     def candidates_of(self, task: str) -> str:
         return paths.fill(paths.CANDIDATES, task=task)
@@ -85,9 +102,8 @@ class WorkflowPlan:
         """Tasks that need candidate prompts: the trained ones, and with held-out prompts every
         evaluated one."""
         held = self.heldout
-        return sorted(
-            {t for run in self.runs.values() for t in (run.eval_tasks if held else run.tasks)}
-        )
+        runs = self.all_runs.values()
+        return sorted({t for run in runs for t in (run.eval_tasks if held else run.tasks)})
 
     # --- the model and the task tables ----------------------------------------------------------
 
@@ -246,7 +262,8 @@ class WorkflowPlan:
     def stage_predictions(self, wildcards) -> list[str]:
         run = self.run(wildcards)
         return [
-            paths.fill(paths.PREDICTIONS, run=run.name, stage=k) for k in range(1, run.stages + 1)
+            paths.fill(paths.PREDICTIONS, run=self.owner(run.name, k), stage=k)
+            for k in range(1, run.stages + 1)
         ]
 
     def run_adapters(self, wildcards) -> list[str]:
@@ -270,5 +287,19 @@ class WorkflowPlan:
             "texts": [paths.fill(paths.RUN_SUMMARY_TEXT, run=name) for name in self.runs],
         }
 
+    @property
+    def figures(self):
+        from .figures.wiring import FigureWiring
+
+        return FigureWiring(self)
+
+    @property
+    def study(self):
+        from .study.wiring import StudyWiring
+
+        return StudyWiring(self)
+
     def all_targets(self, wildcards) -> list[str]:
-        return [paths.SUMMARY, paths.SUMMARY_TEXT]
+        """The summary and figures of the configured runs, and the study's analyses."""
+        summary = [paths.SUMMARY, paths.SUMMARY_TEXT] if self.runs else []
+        return summary + self.figures.targets() + self.study.targets()

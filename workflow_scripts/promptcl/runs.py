@@ -34,6 +34,8 @@ class Run:
     seed: int
     tasks: tuple[str, ...]
     unseen: tuple[str, ...]
+    #: (run, k): stages 1..k are that run's (the prompt-impact study branches off a shared T1)
+    fork: tuple[str, int] | None = None
 
     @property
     def stages(self) -> int:
@@ -49,7 +51,8 @@ def run_name(sequence: str, method: str, strategy: str, seed: int) -> str:
 
 
 def expand_runs(config: dict) -> dict[str, Run]:
-    """Runs from ``runs`` (the product of its lists) plus any explicit ``runs.extra`` entries."""
+    """Runs from ``runs`` (the product of its lists) plus any explicit ``runs.extra`` entries
+    (none is fine here; the plan requires runs or a study)."""
     sequences = config["sequences"]
     spec = config["runs"]
     combos = list(
@@ -78,8 +81,6 @@ def expand_runs(config: dict) -> dict[str, Run]:
             tasks=tuple(entry["tasks"]),
             unseen=tuple(entry.get("unseen") or ()),
         )
-    if not runs:
-        raise ConfigError("runs: the config declares no run")
     return runs
 
 

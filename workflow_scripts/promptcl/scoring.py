@@ -55,7 +55,82 @@ def encode_pairs(
     return pairs
 
 
+def answer_logits(
+    model, pairs: Sequence[tuple[int, int, list[int], list[int]]], pad_token_id: int, precision: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(fp32 logits predicting each answer token, those tokens (IGNORE_INDEX where a shorter
+    answer is padded), the attention mask) of one left-padded batch.
+
+    Answers end every left-padded row, so only the last positions are projected to the
+    vocabulary; position ids follow the mask. Works with and without autograd."""
+    device = next(model.parameters()).device
+    ids, mask = left_pad([p[2] for p in pairs], pad_token_id)
+    labels, _ = left_pad([p[3] for p in pairs], IGNORE_INDEX)
+    answer_len = int((labels != IGNORE_INDEX).sum(dim=1).max())
+    keep = answer_len + 1
+    with autocast(model, precision):
+        out = model(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=positions(mask).to(device),
+            logits_to_keep=keep,
+        )
+    logits = out.logits[:, -keep:-1].float()  # position t predicts token t+1
+    return logits, labels[:, -answer_len:].to(device), mask
+
+
+def token_losses(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of every answer token, shaped like ``target`` (0 where it is padding)."""
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),
+        target.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view(target.shape)
+
+
+@dataclass(frozen=True)
+class PairStats:
+    """One candidate × instance sequence: summed answer-token CE, answer tokens, and how many
+    of them are the argmax under teacher forcing."""
+
+    loss_sum: float
+    tokens: int
+    correct: int
+
+
 @torch.inference_mode()
+def sequence_stats(
+    model,
+    pad_token_id: int,
+    pairs: Sequence[tuple[int, int, list[int], list[int]]],
+    batch_size: int = 16,
+    precision: str = "fp32",
+    stats: ScoringStats | None = None,
+) -> list[PairStats]:
+    """:class:`PairStats` per pair, in input order."""
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][2]))
+    results: list[PairStats] = [PairStats(0.0, 0, 0)] * len(pairs)
+    started = time.perf_counter()
+    for start in tqdm(range(0, len(order), batch_size), desc="score", mininterval=5):
+        idx = order[start : start + batch_size]
+        batch = [pairs[i] for i in idx]
+        logits, target, mask = answer_logits(model, batch, pad_token_id, precision)
+        ce = token_losses(logits, target)
+        answer = target != IGNORE_INDEX
+        counts = answer.sum(dim=1)
+        sums = ce.sum(dim=1)
+        correct = ((logits.argmax(dim=-1) == target) & answer).sum(dim=1)
+        for row, i in enumerate(idx):
+            results[i] = PairStats(float(sums[row]), int(counts[row]), int(correct[row]))
+        if stats is not None:
+            stats.sequences += len(idx)
+            stats.tokens += int(mask.sum())
+    if stats is not None:
+        stats.seconds += time.perf_counter() - started
+    return results
+
+
 def sequence_losses(
     model,
     pad_token_id: int,
@@ -65,42 +140,8 @@ def sequence_losses(
     stats: ScoringStats | None = None,
 ) -> list[tuple[float, int]]:
     """(summed answer-token CE, answer tokens) per pair, in input order."""
-    device = next(model.parameters()).device
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][2]))
-    results: list[tuple[float, int]] = [(0.0, 0)] * len(pairs)
-    started = time.perf_counter()
-    for start in tqdm(range(0, len(order), batch_size), desc="score", mininterval=5):
-        idx = order[start : start + batch_size]
-        ids, mask = left_pad([pairs[i][2] for i in idx], pad_token_id)
-        labels, _ = left_pad([pairs[i][3] for i in idx], IGNORE_INDEX)
-        # answers end every (left-padded) row: the logits of the last `keep` positions suffice
-        answer_len = int((labels != IGNORE_INDEX).sum(dim=1).max())
-        keep = answer_len + 1
-        with autocast(model, precision):
-            out = model(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
-                position_ids=positions(mask).to(device),
-                logits_to_keep=keep,
-            )
-        logits = out.logits[:, -keep:-1].float()  # position t predicts token t+1
-        target = labels[:, -answer_len:].to(device)
-        ce = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]),
-            target.reshape(-1),
-            ignore_index=IGNORE_INDEX,
-            reduction="none",
-        ).view(target.shape)
-        counts = (target != IGNORE_INDEX).sum(dim=1)
-        sums = ce.sum(dim=1)
-        for row, i in enumerate(idx):
-            results[i] = (float(sums[row]), int(counts[row]))
-        if stats is not None:
-            stats.sequences += len(idx)
-            stats.tokens += int(mask.sum())
-    if stats is not None:
-        stats.seconds += time.perf_counter() - started
-    return results
+    found = sequence_stats(model, pad_token_id, pairs, batch_size, precision, stats)
+    return [(s.loss_sum, s.tokens) for s in found]
 
 
 def score_candidates(

@@ -1,0 +1,20 @@
+"""Rule plot_runs: every configured run's AP, BWT, FWT, F, unseen mean and robustness."""
+
+from pathlib import Path
+
+import pandas as pd
+
+from promptcl.figures.runs import run_comparison
+from promptcl.runtime import job_logging
+
+
+def main(snakemake) -> None:
+    with job_logging(snakemake.log[0]) as log:
+        summary = pd.read_parquet(snakemake.input[0])
+        metric = snakemake.wildcards.metric
+        run_comparison(summary, metric, Path(snakemake.output[0]))
+        log.info("%d runs compared on %s", summary["run"].nunique(), metric)
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821

@@ -1,0 +1,82 @@
+"""Input functions, params and report labels of the figure rules (torch- and matplotlib-free:
+read while Snakemake builds the DAG)."""
+
+from __future__ import annotations
+
+from .. import paths
+from ..strategies import strategy_of
+
+RUN_FIGURES = {
+    "matrix": "accuracy matrix",
+    "forgetting": "forgetting curves",
+    "loss": "training loss",
+}
+#: Metrics compared across runs (one figure each).
+COMPARED_METRICS = ("rougeL", "label_accuracy", "exact_match")
+
+
+class FigureWiring:
+    """What the figure rules need from the plan (:class:`promptcl.plan.WorkflowPlan`)."""
+
+    def __init__(self, plan):
+        self.plan = plan
+
+    def run_inputs(self, wildcards) -> dict:
+        run = self.plan.run(wildcards)
+        return {
+            "matrix": paths.fill(paths.MATRIX, run=run.name),
+            "train_logs": [
+                paths.fill(paths.TRAIN_LOG, run=self.plan.owner(run.name, k), stage=k)
+                for k in range(1, run.stages + 1)
+            ],
+        }
+
+    def sapo_stages(self) -> list[tuple[str, int]]:
+        """(run, stage) of every configured run whose strategy chooses by prompt scores."""
+        return [
+            (run.name, k)
+            for run in self.plan.runs.values()
+            if strategy_of(run.strategy)[0].needs_scores
+            for k in range(1, run.stages + 1)
+        ]
+
+    def candidate_inputs(self, wildcards) -> dict:
+        scores = self.plan.stage_scores(wildcards)
+        if not scores:
+            raise ValueError(f"run {wildcards.run} does not choose its prompts by their scores")
+        return {
+            **scores,
+            "candidates": self.plan.stage_candidates(wildcards),
+            "adapter": paths.fill(paths.ADAPTER, run=wildcards.run, stage=wildcards.stage),
+        }
+
+    def criterion(self, wildcards) -> str:
+        return self.plan.config["sapo"]["criterion"]
+
+    def labels(self, wildcards, figure: str) -> dict:
+        """Report labels: filter by run, method, strategy and seed."""
+        run = self.plan.run(wildcards)
+        labels = {
+            "run": run.name,
+            "method": run.method,
+            "strategy": run.strategy,
+            "seed": str(run.seed),
+            "figure": figure,
+        }
+        if "stage" in wildcards.keys():
+            labels["stage"] = str(wildcards.stage)
+        return labels
+
+    def targets(self) -> list[str]:
+        if not self.plan.runs:
+            return []
+        out = [
+            paths.fill(paths.RUN_FIGURE, run=run, figure=figure)
+            for run in self.plan.runs
+            for figure in RUN_FIGURES
+        ]
+        out += [
+            paths.fill(paths.CANDIDATES_FIGURE, run=run, stage=k) for run, k in self.sapo_stages()
+        ]
+        out += [paths.fill(paths.COMPARISON_FIGURE, metric=m) for m in COMPARED_METRICS]
+        return out
