@@ -40,7 +40,10 @@ def spread_figure(spread: pd.DataFrame, path: Path) -> Path:
         metric = part["metric"].iloc[0]
         ax.set_ylabel(f"SD of {metric} across candidates (points)")
         ax.set_title(f"{branch} ({int(part['candidates'].max())} candidates)", fontsize=8)
-    fig.suptitle("(a) Spread of outcomes across T2's training prompts (error bars: 95% bootstrap)")
+    fig.suptitle(
+        "(a) Spread of outcomes across T2's training prompts\n(error bars: 95% bootstrap)",
+        fontsize=10,
+    )
     return save(fig, path)
 
 
@@ -58,7 +61,9 @@ def correlation_heatmap(correlations: pd.DataFrame, kind: str, path: Path) -> Pa
     ax = axes[0][0]
     image = ax.imshow(grid, vmin=-1, vmax=1, cmap="RdBu_r")
     for (i, j), r in np.ndenumerate(grid):
-        ax.text(j, i, "n/a" if np.isnan(r) else f"{r:.2f}", ha="center", va="center", fontsize=8)
+        colour = "white" if not np.isnan(r) and abs(r) > 0.6 else "black"  # readable on dark
+        text = "n/a" if np.isnan(r) else f"{r:.2f}"
+        ax.text(j, i, text, ha="center", va="center", fontsize=8, color=colour)
     ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=7)
     ax.set_yticks(range(len(names)), names, fontsize=7)
     fig.colorbar(image, ax=ax, label=f"{kind} r (change against the original prompt)")
