@@ -8,6 +8,7 @@ rule aggregate_run:
         matrix=paths.MATRIX,
         summary=paths.RUN_SUMMARY,
         text=paths.RUN_SUMMARY_TEXT,
+        instances=paths.INSTANCE_SCORES,
     log:
         paths.log(paths.JOB_AGGREGATE),
     localrule: True
@@ -19,10 +20,37 @@ rule aggregate_run:
         "../workflow_scripts/aggregate_run.py"
 
 
+rule compare_runs:
+    """Every configuration over its seeds (mean, SD, t interval) and against the baseline,
+    paired across seeds (t-test) and within each seed (bootstrap over test instances).
+    """
+    input:
+        unpack(PLAN.run_summaries),
+        instances=PLAN.run_instances,
+    output:
+        seeds=paths.SEEDS,
+        comparisons=paths.COMPARISONS,
+        by_seed=paths.COMPARISONS_BY_SEED,
+    log:
+        paths.log(paths.JOB_COMPARE),
+    benchmark:
+        paths.benchmark(paths.JOB_COMPARE)
+    localrule: True
+    conda:
+        "../environment.yml"
+    params:
+        layouts=PLAN.run_layouts(),
+        comparison=config["comparison"],
+    script:
+        "../workflow_scripts/compare_runs.py"
+
+
 rule summarize:
     """One table over all runs of the config: results/summary.parquet (+ a text rendering)."""
     input:
         unpack(PLAN.run_summaries),
+        seeds=paths.SEEDS,
+        comparisons=paths.COMPARISONS,
     output:
         table=paths.SUMMARY,
         text=paths.SUMMARY_TEXT,

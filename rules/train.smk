@@ -1,6 +1,7 @@
 rule train_stage:
     """Stage k of a run: a LoRA trained on task k with the run's method and prompt strategy
-    (inclora/olora: a new LoRA over the frozen LoRAs of stages < k; seqlora: one LoRA continued).
+    (inclora/olora/lwf: a new LoRA over the frozen LoRAs of stages < k; seqlora/replay/ewc: one
+    LoRA continued; single: a LoRA from the base model; multitask: all tasks at stage T).
 
     Resumable checkpoints live in results/<run>/stage_<k>/state/, which is deliberately not a
     declared output (Snakemake deletes declared outputs before a job restarts)."""
@@ -11,6 +12,7 @@ rule train_stage:
         train=PLAN.stage_train_table,
         candidates=PLAN.stage_candidates,
         previous=PLAN.state_before,
+        companions=PLAN.stage_companion_files,
     output:
         adapter=directory(paths.ADAPTER),
         train_log=paths.TRAIN_LOG,
@@ -29,6 +31,7 @@ rule train_stage:
         lora=config["lora"],
         training=config["training"],
         options=PLAN.train_options,
+        companions=PLAN.stage_companions,
         state_dir=paths.STATE,
     script:
         "../workflow_scripts/train_stage.py"

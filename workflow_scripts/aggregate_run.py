@@ -14,6 +14,7 @@ from promptcl.aggregate import (
     split_prompts,
     trained_prompt_tables,
 )
+from promptcl.compare import instance_scores
 from promptcl.runtime import input_list, job_logging
 from promptcl.summary_text import format_matrix, format_summary
 
@@ -27,14 +28,18 @@ def main(snakemake) -> None:
         tables = {}
         for task, path in zip(tasks, input_list(snakemake.input.zero_shot), strict=True):
             tables[(0, task)] = pd.read_parquet(path)
-        for k, folder in enumerate(input_list(snakemake.input.stages), start=1):
+        stages = layout["stages"]
+        for k, folder in zip(stages, input_list(snakemake.input.stages), strict=True):
             for task in tasks:
                 tables[(k, task)] = pd.read_parquet(Path(folder) / f"{task}.parquet")
         infos = [
             json.loads((Path(a) / paths.STAGE_RECORD).read_text())
             for a in input_list(snakemake.input.adapters)
         ]
-        trained = {i["task"]: i["evaluation_prompt"]["candidate_id"] for i in infos}
+        trained = {}
+        for info in infos:
+            prompts = info.get("evaluation_prompts") or {info["task"]: info["evaluation_prompt"]}
+            trained.update({task: p["candidate_id"] for task, p in prompts.items()})
         # R under each protocol: the original prompt everywhere, and the prompt each seen task
         # was trained with (the SAPO paper's); held-out prompts give robustness
         protocol_tables = {
@@ -43,7 +48,7 @@ def main(snakemake) -> None:
         }
         cells, summaries = [], []
         for protocol, chosen in protocol_tables.items():
-            part = cell_table(chosen, sequence, unseen)
+            part = cell_table(chosen, sequence, unseen, stages)
             summaries.append(run_summary(part, sequence, unseen).assign(protocol=protocol))
             cells.append(part.assign(protocol=protocol))
         cells = pd.concat(cells, ignore_index=True)
@@ -69,6 +74,7 @@ def main(snakemake) -> None:
         cells.insert(0, "run", run)
         summary.insert(0, "run", run)
         cells.to_parquet(snakemake.output.matrix, index=False)
+        instance_scores(protocol_tables).to_parquet(snakemake.output.instances, index=False)
         summary.to_parquet(snakemake.output.summary, index=False)
         text = [format_summary(summary, run)]
         text.append(f"training prompts per stage (candidate ids): {summary['prompts_trained'][0]}")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 
 from promptcl.runtime import input_list, job_logging
-from promptcl.summary_text import compare_runs
+from promptcl.summary_text import format_comparisons, format_seeds
 
 COLUMNS = [
     "run",
@@ -23,6 +23,8 @@ COLUMNS = [
     "FWT_se",
     "F",
     "F_se",
+    "plasticity",
+    "ACC",
     "unseen_mean",
     "unseen_mean_se",
     "robust_mean",
@@ -45,7 +47,11 @@ def main(snakemake) -> None:
                 + overview[overview["metric"] == "label_accuracy"].round(2).to_string(index=False)
                 + "\n"
             )
-            texts += [compare_runs(table, m) for m in ("label_accuracy", "rougeL")]
+        seeds = pd.read_parquet(snakemake.input.seeds)
+        comparisons = pd.read_parquet(snakemake.input.comparisons)
+        for metric in ("label_accuracy", "rougeL"):
+            texts += [format_seeds(seeds, metric), format_comparisons(comparisons, metric)]
+        texts = [t for t in texts if t]
         Path(snakemake.output.text).write_text("\n\n".join(texts))
         log.info("%d runs summarised", len(summaries))
 

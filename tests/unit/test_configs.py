@@ -28,7 +28,9 @@ def merged(*names: str) -> dict:
     return config
 
 
-@pytest.mark.parametrize("extra", [None, "matrix.yaml", "study.yaml", "paper_ni_seq_c1.yaml"])
+@pytest.mark.parametrize(
+    "extra", [None, "matrix.yaml", "study.yaml", "baselines.yaml", "paper_ni_seq_c1.yaml"]
+)
 def test_bundled_configs_validate(extra):
     config = merged("config.yaml", *([extra] if extra else []))
     validate(config, str(REPO / "config/schema.yaml"))
@@ -42,3 +44,25 @@ def test_paper_config_follows_the_reference():
     assert config["training"]["global_batch_size"] == 64
     assert config["training"].get("grad_accum") is None
     assert config["scoring"]["reference_batch_size"] == 8
+
+
+def test_the_baselines_config_plans_every_family_with_and_without_sapo_over_two_seeds():
+    from promptcl.plan import WorkflowPlan
+
+    config = merged("config.yaml", "baselines.yaml")
+    validate(config, str(REPO / "config/schema.yaml"))
+    plan = WorkflowPlan.from_config(config, REPO)
+    combos = {(r.method, r.strategy, r.seed) for r in plan.runs.values()}
+    methods = ["inclora", "olora", "replay", "ewc", "lwf"]
+    assert combos == {(m, s, k) for m in methods for s in ("original", "sapo") for k in (0, 1)}
+    baseline = config["comparison"]["baseline"]
+    assert (baseline["method"], baseline["strategy"], 0) in combos
+
+
+def test_the_paper_config_runs_the_baselines_with_three_seeds_and_the_reference_runs():
+    config = merged("config.yaml", "paper_ni_seq_c1.yaml")
+    runs = config["runs"]
+    assert set(runs["methods"]) >= {"inclora", "olora", "replay", "ewc", "lwf"}
+    assert runs["seeds"] == [0, 1, 2]
+    extra = {(e["method"], e["seed"]) for e in runs["extra"]}
+    assert extra == {(m, s) for m in ("single", "multitask") for s in (0, 1, 2)}

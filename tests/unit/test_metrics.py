@@ -182,7 +182,11 @@ def test_continual_metrics_values_t3() -> None:
     assert m["FWT_avg"][0] == pytest.approx(10.0)
     # No SE matrix -> se is NaN.
     assert all(math.isnan(se) for _, se in m.values())
-    assert set(m) == {"AP", "BWT", "FWT", "F", "BWT_avg", "FWT_avg"}
+    # plasticity = (R11 + R22 + R33) / 3 = (60 + 70 + 80) / 3
+    assert m["plasticity"][0] == pytest.approx(70.0)
+    # ACC = 1/3 [R11 + (R21 + R22) / 2 + (R31 + R32 + R33) / 3] = 1/3 [60 + 60 + 185/3]
+    assert m["ACC"][0] == pytest.approx((60 + 60 + 185 / 3) / 3)
+    assert set(m) == {"AP", "BWT", "FWT", "F", "BWT_avg", "FWT_avg", "plasticity", "ACC"}
 
 
 def test_continual_metrics_se_t3() -> None:
@@ -219,6 +223,7 @@ def test_coefficient_matrices_reproduce_values() -> None:
 def test_continual_metrics_t1() -> None:
     m = continual_metrics(np.array([[10.0], [30.0]]), np.array([[1.0], [2.0]]))
     assert m["AP"] == (30.0, 2.0)
+    assert m["plasticity"] == (30.0, 2.0) and m["ACC"] == (30.0, 2.0)
     for name in ("BWT", "FWT", "F", "BWT_avg", "FWT_avg"):
         assert math.isnan(m[name][0]) and math.isnan(m[name][1])
 

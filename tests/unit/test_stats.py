@@ -78,3 +78,51 @@ def test_mean_correlation_is_the_mean_over_groups_with_a_stratified_interval():
     assert found["r"] == pytest.approx(np.mean([pearson(X, Y), pearson(Y, X[::-1])]))
     assert found["ci_low"] <= found["r"] <= found["ci_high"]
     assert found["n"] == 2 * len(X)
+
+
+# --- across seeds -----------------------------------------------------------------------------
+
+SEEDS_A = [52.1, 48.7, 55.0, 50.3]
+SEEDS_B = [49.0, 47.9, 51.2, 50.1]
+
+
+def test_t_interval_equals_scipy():
+    from promptcl.stats import t_interval
+
+    row = t_interval(SEEDS_A)
+    low, high = sp.t.interval(0.95, 3, loc=np.mean(SEEDS_A), scale=sp.sem(SEEDS_A))
+    assert row["n"] == 4 and row["mean"] == pytest.approx(np.mean(SEEDS_A))
+    assert row["sd"] == pytest.approx(np.std(SEEDS_A, ddof=1))
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((low, high))
+    one = t_interval([3.0, float("nan")])
+    assert one["n"] == 1 and one["mean"] == 3.0 and np.isnan(one["ci_low"])
+
+
+def test_paired_t_test_equals_scipy_ttest_rel():
+    from promptcl.stats import paired_t_test
+
+    found = paired_t_test(SEEDS_A, SEEDS_B)
+    expected = sp.ttest_rel(SEEDS_A, SEEDS_B)
+    assert found["t"] == pytest.approx(expected.statistic)
+    assert found["p"] == pytest.approx(expected.pvalue)
+    ci = expected.confidence_interval(0.95)
+    assert (found["ci_low"], found["ci_high"]) == pytest.approx((ci.low, ci.high))
+    assert found["diff"] == pytest.approx(np.mean(np.subtract(SEEDS_A, SEEDS_B)))
+    assert np.isnan(paired_t_test([1.0], [2.0])["p"])  # one seed: no test
+    assert paired_t_test([1.0, 2.0], [1.0, 2.0])["p"] == 1.0  # identical runs
+
+
+def test_holm_on_a_hand_example():
+    from promptcl.stats import holm
+
+    # sorted p: 0.01 (×4 = 0.04), 0.02 (×3 = 0.06), 0.03 (×2 = 0.06, kept monotone), 0.5 (×1)
+    adjusted = holm([0.03, 0.5, 0.01, float("nan"), 0.02])
+    expected = [0.06, 0.5, 0.04, float("nan"), 0.06]
+    np.testing.assert_allclose(adjusted, expected)
+
+
+def test_bootstrap_p_counts_both_tails():
+    from promptcl.stats import bootstrap_p
+
+    assert bootstrap_p(np.array([1.0] * 99)) == pytest.approx(2 / 100)
+    assert bootstrap_p(np.array([-1.0] * 49 + [1.0] * 50)) == pytest.approx(1.0)

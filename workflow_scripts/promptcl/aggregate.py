@@ -58,20 +58,21 @@ def cell_table(
     predictions: Mapping[tuple[int, str], pd.DataFrame],
     sequence: Sequence[str],
     unseen: Sequence[str],
+    stages: Sequence[int] | None = None,
 ) -> pd.DataFrame:
     """Long table of (stage, task, metric) scores with stderr, n and majority-class rate.
 
-    Requires a table for every stage 0..T and every sequence and unseen task, because a
-    silently missing cell would bias the continual metrics.
+    Requires a table for stage 0 and every evaluated stage (``stages``, default 1..T) of every
+    sequence and unseen task, because a silently missing cell would bias the continual metrics.
     """
     seq, uns = _check_tasks(sequence, unseen)
-    T = len(seq)
+    rows_of_r = _rows(len(seq), stages)
     tasks = [(t, "sequence") for t in seq] + [(t, "unseen") for t in uns]
-    missing = [(s, t) for s in range(T + 1) for t, _ in tasks if (s, t) not in predictions]
+    missing = [(s, t) for s in rows_of_r for t, _ in tasks if (s, t) not in predictions]
     if missing:
         raise ValueError(f"missing prediction tables for (stage, task): {missing}")
     rows: list[dict[str, object]] = []
-    for stage in range(T + 1):
+    for stage in rows_of_r:
         for task, role in tasks:
             df = predictions[(stage, task)]
             absent = [c for c in _REQUIRED_PRED_COLUMNS if c not in df.columns]
@@ -111,6 +112,15 @@ def cell_table(
     )
 
 
+def _rows(T: int, stages: Sequence[int] | None) -> list[int]:
+    """Row 0 and the evaluated stages: all of 1..T unless a method trains fewer (multitask)."""
+    stages = list(range(1, T + 1)) if stages is None else sorted(int(s) for s in stages)
+    bad = [s for s in stages if not 1 <= s <= T]
+    if bad:
+        raise ValueError(f"stages {bad} are outside 1..{T}")
+    return [0, *stages]
+
+
 def _indexed(cells: pd.DataFrame) -> pd.DataFrame:
     absent = [c for c in ("stage", "task", "metric", "score", "stderr") if c not in cells.columns]
     if absent:
@@ -122,7 +132,7 @@ def _indexed(cells: pd.DataFrame) -> pd.DataFrame:
     return indexed
 
 
-def _lookup(indexed: pd.DataFrame, stage: int, task: str, metric: str, col: str) -> float:
+def _cell(indexed: pd.DataFrame, stage: int, task: str, metric: str, col: str) -> float:
     key = (stage, task, metric)
     if key not in indexed.index:
         raise ValueError(f"cell table has no row for (stage, task, metric) = {key}")
@@ -134,6 +144,9 @@ def run_summary(
 ) -> pd.DataFrame:
     """One row per metric with continual metrics (value and se) and unseen-task means.
 
+    Rows of R a run does not evaluate (a ``multitask`` run has only rows 0 and T) are NaN, and
+    so is every metric that needs them.
+
     unseen_mean averages unseen tasks at the final stage T (se assumes independent tasks);
     a NaN task score (e.g. label accuracy of a generation task) makes the mean NaN rather
     than silently averaging over a different subset of tasks.
@@ -141,6 +154,11 @@ def run_summary(
     seq, uns = _check_tasks(sequence, unseen)
     T = len(seq)
     indexed = _indexed(cells)
+    evaluated = set(int(s) for s in cells["stage"])
+
+    def _lookup(_indexed, i, t, metric, col):  # rows a method does not define are NaN
+        return _cell(_indexed, i, t, metric, col) if i in evaluated else math.nan
+
     present = list(dict.fromkeys(cells["metric"]))
     metrics = [m for m in METRICS if m in present] + [m for m in present if m not in METRICS]
     rows: list[dict[str, object]] = []

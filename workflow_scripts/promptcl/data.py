@@ -61,7 +61,40 @@ class PromptedDataset(torch.utils.data.Dataset):
         return self.encodings[self.choose(self.epoch, index)][index]
 
 
-def epoch_tracker(dataset: PromptedDataset):
+class MixedDataset(torch.utils.data.Dataset):
+    """Several prompted datasets served as one (the current task first, then jointly trained or
+    replayed tasks); setting ``epoch`` sets it on every part."""
+
+    def __init__(self, parts: Sequence[PromptedDataset]):
+        if not parts:
+            raise ValueError("a mixed dataset needs at least one part")
+        self.parts = list(parts)
+        self.offsets = [0]
+        for part in self.parts:
+            self.offsets.append(self.offsets[-1] + len(part))
+
+    @property
+    def epoch(self) -> int:
+        return self.parts[0].epoch
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        for part in self.parts:
+            part.epoch = value
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        for i, part in enumerate(self.parts):
+            if index < self.offsets[i + 1]:
+                return part[index - self.offsets[i]]
+        raise IndexError(index)
+
+
+def epoch_tracker(dataset: PromptedDataset | MixedDataset):
     """A TrainerCallback that tells the dataset which epoch its batches are drawn for."""
     from transformers import TrainerCallback
 

@@ -49,6 +49,9 @@ class StageJob:
     options: dict = field(default_factory=dict)
     scores: str | None = None
     previous: list[str] = field(default_factory=list)
+    #: other tasks this stage trains with: {"role": "joint" | "replay", "task", "stage",
+    #: "train", "candidates", "scores" (joint, if scored), "record" (replay: that stage's adapter)}
+    companions: list[dict] = field(default_factory=list)
     deepspeed_config: str | None = None
     threads: int = 1
     gpus: int = 0
@@ -75,6 +78,7 @@ class StageJob:
             lora=dict(params.lora),
             training=dict(params.training),
             options=dict(params.options),
+            companions=[dict(c) for c in params.companions],
             threads=int(smk.threads),
             gpus=int(smk.resources.get("gpu", 0) or 0),
         )
@@ -138,6 +142,9 @@ class StageJob:
         """Every file or folder the stage reads: what its checkpoints were computed from."""
         paths = [self.model_dir, self.train, self.candidates, *self.previous]
         paths += [p for p in (self.scores, self.deepspeed_config) if p]
+        for companion in self.companions:
+            keys = ("train", "candidates", "scores", "record")
+            paths += [companion[k] for k in keys if companion.get(k)]
         return [Path(p) for p in paths]
 
 

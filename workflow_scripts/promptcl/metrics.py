@@ -22,7 +22,7 @@ import pandas as pd
 
 BINARY_METRICS = ("exact_match", "label_accuracy")
 METRICS = ("rougeL", "exact_match", "label_accuracy")
-CONTINUAL_METRICS = ("AP", "BWT", "FWT", "F", "BWT_avg", "FWT_avg")
+CONTINUAL_METRICS = ("AP", "BWT", "FWT", "F", "BWT_avg", "FWT_avg", "plasticity", "ACC")
 
 _PUNCTUATION = frozenset(string.punctuation)
 
@@ -172,16 +172,21 @@ def _check_accuracy_matrix(R: np.ndarray) -> np.ndarray:
 def coefficient_matrices(R: np.ndarray) -> dict[str, np.ndarray]:
     """Coefficient matrix C per continual metric, so value = sum(C * R).
 
-    Undefined metrics (everything but AP when T == 1, F when a max candidate is NaN) get an
-    all-NaN matrix. F depends on R only through which stage attains the max for each task.
+    ``plasticity`` is the mean of R[i][i] (how well each stage learns its task), ``ACC`` the
+    average accuracy over stages, mean over i of mean_{j<=i} R[i][j]. Undefined metrics (the
+    transfer and forgetting ones when T == 1, F when a max candidate is NaN) get an all-NaN
+    matrix. F depends on R only through which stage attains the max for each task.
     """
     arr = _check_accuracy_matrix(R)
     T = arr.shape[1]
     shape = arr.shape
     coeffs = {name: np.zeros(shape) for name in CONTINUAL_METRICS}
     coeffs["AP"][T, :] = 1.0 / T
+    for i in range(1, T + 1):
+        coeffs["plasticity"][i, i - 1] = 1.0 / T  # each task right after its own stage
+        coeffs["ACC"][i, :i] = 1.0 / (T * i)  # the mean over stages of the seen tasks' mean
     if T == 1:
-        for name in CONTINUAL_METRICS[1:]:
+        for name in ("BWT", "FWT", "F", "BWT_avg", "FWT_avg"):
             coeffs[name][:] = math.nan
         return coeffs
     # Formulas use 1-based task index j; column j - 1 in numpy. Row index = stage.

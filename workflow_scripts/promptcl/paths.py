@@ -34,9 +34,13 @@ PREDICTIONS = f"{STAGE}/predictions"
 MATRIX = f"{RESULTS}/{{run}}/metrics/accuracy_matrix.parquet"
 RUN_SUMMARY = f"{RESULTS}/{{run}}/metrics/summary.parquet"
 RUN_SUMMARY_TEXT = f"{RESULTS}/{{run}}/metrics/summary.txt"
+INSTANCE_SCORES = f"{RESULTS}/{{run}}/metrics/instance_scores.parquet"  # what R averages
 
 SUMMARY = f"{RESULTS}/summary.parquet"
 SUMMARY_TEXT = f"{RESULTS}/summary.txt"
+SEEDS = f"{RESULTS}/seeds.parquet"  # each configuration over its seeds
+COMPARISONS = f"{RESULTS}/comparisons.parquet"  # against the baseline, paired across seeds
+COMPARISONS_BY_SEED = f"{RESULTS}/comparisons_by_seed.parquet"  # paired bootstrap per seed
 
 RUN_FIGURE = f"{RESULTS}/{{run}}/figures/{{figure}}.png"  # matrix, forgetting, loss
 CANDIDATES_FIGURE = f"{STAGE}/candidate_losses.png"  # SAPO stages: the losses it chose by
@@ -80,6 +84,7 @@ JOB_TRAIN = "{run}/stage_{stage}/train"
 JOB_PREDICT = "{run}/stage_{stage}/predictions"
 JOB_AGGREGATE = "{run}/metrics/aggregate"
 JOB_SUMMARIZE = "summarize"
+JOB_COMPARE = "compare_runs"
 JOB_PLOT_RUN = "{run}/figures/plot"
 JOB_PLOT_CANDIDATES = "{run}/stage_{stage}/candidate_losses"
 JOB_PLOT_RUNS = "figures/runs_{metric}"

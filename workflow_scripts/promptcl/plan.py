@@ -30,6 +30,21 @@ from .study.design import Branch, plan_study
 from .tasks import TaskFiles
 
 
+def check_methods(config: dict, runs) -> None:
+    """The config sections of the methods in use, and the comparisons' baseline."""
+    for name in sorted({run.method for run in runs}):
+        try:
+            method_of(name).check_config(config)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    baseline = config["comparison"]["baseline"]
+    try:
+        method_of(baseline["method"])
+        strategy_of(baseline["strategy"])
+    except ValueError as err:
+        raise ConfigError(f"comparison.baseline: {err}") from None
+
+
 @dataclass
 class WorkflowPlan:
     config: dict
@@ -55,6 +70,7 @@ class WorkflowPlan:
         branches, cells = plan_study(config, runs)
         tasks = resolve_tasks([*runs.values(), *cells.values()], task_sources(config, workflow_dir))
         model_file = model_source_file(config, workflow_dir)
+        check_methods(config, [*runs.values(), *cells.values()])
         dag = cls(config, workflow_dir, runs, tasks, model_file, branches, cells)
         dag.check_prompt_inputs()
         check_api_key(config, [Path(dag.candidates_of(t)) for t in dag.prompt_tasks])
@@ -70,11 +86,17 @@ class WorkflowPlan:
         fork = self.all_runs[run].fork
         return fork[0] if fork is not None and stage <= fork[1] else run
 
+    def trained_stages(self, run: Run) -> list[int]:
+        """The stages the run's method trains (and evaluates after)."""
+        return method_of(run.method).trained_stages(run.stages)
+
     def stage_task(self, wildcards) -> str:
         """The task trained at stage k of a run."""
         run, k = self.run(wildcards), int(wildcards.stage)
-        if k > run.stages:
-            raise ConfigError(f"run {run.name} has {run.stages} stages, not {k}")
+        if k not in self.trained_stages(run):
+            raise ConfigError(
+                f"run {run.name} ({run.method}) trains stages {self.trained_stages(run)}, not {k}"
+            )
         if self.owner(run.name, k) != run.name:
             raise ConfigError(f"stage {k} of run {run.name} is stage {k} of {run.fork[0]}")
         return run.tasks[k - 1]
@@ -200,9 +222,10 @@ class WorkflowPlan:
         return self.adapters(run.name, method_of(run.method).state_after(int(wildcards.stage)))
 
     def stage_records(self, wildcards) -> list[str]:
-        """The adapters of stages 1..k: their stage records say which prompt each task trained
-        with (predictions after stage k evaluate the seen tasks with it too)."""
-        return self.adapters(wildcards.run, range(1, int(wildcards.stage) + 1))
+        """The adapters of the trained stages up to k: their stage records say which prompt
+        each task trained with (predictions after stage k evaluate the seen tasks with it too)."""
+        run, k = self.run(wildcards), int(wildcards.stage)
+        return self.adapters(run.name, [i for i in self.trained_stages(run) if i <= k])
 
     def stage_train_table(self, wildcards) -> str:
         return paths.fill(paths.TASK_SPLIT, task=self.stage_task(wildcards), split="train")
@@ -213,11 +236,50 @@ class WorkflowPlan:
     def stage_scores(self, wildcards) -> dict:
         """Pre-update prompt scores, for strategies that choose by them (SAPO); none otherwise.
         Stage 1 of every run starts from the base model: its scores are shared."""
-        if not strategy_of(self.run(wildcards).strategy)[0].needs_scores:
+        run, k = self.run(wildcards), int(wildcards.stage)
+        if not strategy_of(run.strategy)[0].needs_scores:
             return {}
-        if int(wildcards.stage) == 1:
+        if not method_of(run.method).state_before(k):
             return {"scores": paths.fill(paths.BASE_SCORES, task=self.stage_task(wildcards))}
         return {"scores": paths.fill(paths.STAGE_SCORES, run=wildcards.run, stage=wildcards.stage)}
+
+    def stage_companions(self, wildcards) -> list[dict]:
+        """The other tasks stage k trains with (see :class:`promptcl.job.StageJob`): the
+        method's jointly trained tasks (with the run's strategy; scored on the base model) and
+        replayed tasks (with the prompt their stage's record names)."""
+        run, k = self.run(wildcards), int(wildcards.stage)
+        method = method_of(run.method)
+        scored = strategy_of(run.strategy)[0].needs_scores
+        out = []
+        for j in method.joint_stages(k):
+            task = run.tasks[j - 1]
+            entry = {"role": "joint", "task": task, "stage": j}
+            entry.update(self._task_files(task))
+            if scored:
+                if method.state_before(k):
+                    raise ConfigError(
+                        f"runs.methods: {run.method} trains tasks jointly from a trained state; "
+                        "their prompt scores are only made on the base model"
+                    )
+                entry["scores"] = paths.fill(paths.BASE_SCORES, task=task)
+            out.append(entry)
+        for j in method.replayed_stages(k):
+            task = run.tasks[j - 1]
+            entry = {"role": "replay", "task": task, "stage": j}
+            entry.update(self._task_files(task))
+            entry["record"] = self.adapters(run.name, [j])[0]
+            out.append(entry)
+        return out
+
+    def stage_companion_files(self, wildcards) -> list[str]:
+        keys = ("train", "candidates", "scores", "record")
+        return [c[k] for c in self.stage_companions(wildcards) for k in keys if k in c]
+
+    def _task_files(self, task: str) -> dict:
+        return {
+            "train": paths.fill(paths.TASK_SPLIT, task=task, split="train"),
+            "candidates": self.candidates_of(task),
+        }
 
     def deepspeed_config(self, wildcards) -> dict:
         """The DeepSpeed config as an input, so editing it reruns training."""
@@ -263,15 +325,24 @@ class WorkflowPlan:
         run = self.run(wildcards)
         return [
             paths.fill(paths.PREDICTIONS, run=self.owner(run.name, k), stage=k)
-            for k in range(1, run.stages + 1)
+            for k in self.trained_stages(run)
         ]
 
     def run_adapters(self, wildcards) -> list[str]:
         run = self.run(wildcards)
-        return self.adapters(run.name, range(1, run.stages + 1))
+        return self.adapters(run.name, self.trained_stages(run))
 
     def run_layout(self, wildcards) -> dict:
-        run = self.run(wildcards)
+        return self.layout(self.run(wildcards))
+
+    def run_layouts(self) -> dict[str, dict]:
+        """The layout of every configured run (what the comparisons pair them by)."""
+        return {name: self.layout(run) for name, run in self.runs.items()}
+
+    def run_instances(self, wildcards) -> list[str]:
+        return [paths.fill(paths.INSTANCE_SCORES, run=name) for name in self.runs]
+
+    def layout(self, run: Run) -> dict:
         return {
             "sequence": list(run.tasks),
             "unseen": list(run.unseen),
@@ -279,6 +350,7 @@ class WorkflowPlan:
             "strategy": run.strategy,
             "seed": run.seed,
             "name": run.sequence,
+            "stages": self.trained_stages(run),
         }
 
     def run_summaries(self, wildcards) -> dict:

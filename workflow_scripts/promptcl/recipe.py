@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +18,8 @@ import pandas as pd
 from . import candidates as cands
 from . import paths
 from .adapters import save_adapter
-from .data import PromptedDataset
+from .batching import PadCollator
+from .data import MixedDataset, PromptedDataset
 from .job import StageJob, StageSpec
 from .launch import is_main_process, preemption_guard, world_size
 from .modeling import adapter_name, load_tokenizer
@@ -30,15 +31,25 @@ log = logging.getLogger("promptcl.stage")  # the stage job's log, whatever modul
 
 @dataclass
 class Setup:
-    """What :func:`fit` trains: the stage model, its data and its penalty."""
+    """What :func:`fit` trains: the stage model, its data, its penalty and loss term."""
 
     model: object
     tokenizer: object
     candidates: pd.DataFrame
     scores: pd.DataFrame | None
     plan: TrainingPlan
-    dataset: PromptedDataset
+    dataset: PromptedDataset | MixedDataset
     penalty: object
+    loss_term: object = None
+    #: task -> candidate id, for every task trained with the run's strategy (the trained-prompt
+    #: protocol evaluates each with it)
+    evaluation: dict[str, int] = field(default_factory=dict)
+    replayed: list[dict] = field(default_factory=list)
+
+    @property
+    def primary(self) -> PromptedDataset:
+        """The current task's examples (EWC's Fisher is estimated on them)."""
+        return self.dataset.parts[0] if isinstance(self.dataset, MixedDataset) else self.dataset
 
 
 def run_stage(job: StageJob, processes: int = 1) -> dict | None:
@@ -60,6 +71,7 @@ def run_stage(job: StageJob, processes: int = 1) -> dict | None:
             setup.plan.callbacks,
             setup.penalty,
             guard,
+            setup.loss_term,
         )
         return save(spec, setup, result) if is_main_process() else None
     finally:
@@ -81,22 +93,36 @@ def set_up(spec: StageSpec) -> Setup:
     tokenizer = load_tokenizer(Path(job.model_dir), job.model["trust_remote_code"])
     candidates = pd.read_parquet(job.candidates)
     scores = pd.read_parquet(job.scores) if job.scores else None
-    plan = spec.strategy.plan(
-        PlanContext(
-            tokenizer=tokenizer,
-            fmt=spec.fmt,
-            table=pd.read_parquet(job.train),
-            candidates=candidates,
-            scores=scores,
-            options=job.options,
-            seed=spec.seed,
-            argument=spec.strategy_argument,
-            state_dir=spec.state_dir,
-            precision=spec.precision,
-        )
-    )
+    plan = _strategy_plan(spec, tokenizer, job.train, candidates, scores, spec.seed)
     log.info("training prompt (%s): %s", job.run["strategy"], json.dumps(plan.record)[:300])
-    dataset = PromptedDataset(plan.encodings, plan.choose)
+    parts = [PromptedDataset(plan.encodings, plan.choose)]
+    joint = [c for c in job.companions if c["role"] == "joint"]
+    replayed = [c for c in job.companions if c["role"] == "replay"]
+    evaluation = {job.task: plan}
+    for companion in joint:
+        table = pd.read_parquet(companion["candidates"])
+        scored = pd.read_parquet(companion["scores"]) if companion.get("scores") else None
+        # every jointly trained task draws from its own stream (PAFT, SAPO's sampling)
+        seed = (spec.seed[0], 1000 * int(companion["stage"]) + spec.stage)
+        part = _strategy_plan(spec, tokenizer, companion["train"], table, scored, seed)
+        evaluation[companion["task"]] = part
+        parts.append(PromptedDataset(part.encodings, part.choose))
+        log.info("jointly trained %s: %s", companion["task"], json.dumps(part.record)[:200])
+    records = []
+    if replayed:
+        from .methods.replay import ReplaySpec, replay_parts
+
+        records, mixed = replay_parts(
+            ReplaySpec.from_config(job.options["replay"]),
+            replayed,
+            len(parts[0]),
+            tokenizer,
+            spec.fmt,
+            spec.seed,
+        )
+        parts += mixed
+        log.info("replayed: %s", json.dumps(records))
+    dataset = parts[0] if len(parts) == 1 else MixedDataset(parts)
     log.info(
         "stage %d of %s: %s on task %s, %d examples, %d process(es)%s",
         spec.stage,
@@ -107,8 +133,40 @@ def set_up(spec: StageSpec) -> Setup:
         world_size(),
         f", DeepSpeed {spec.train.deepspeed}" if spec.train.deepspeed else "",
     )
-    penalty = spec.method.penalty(spec.stage, job.options)
-    return Setup(model, tokenizer, candidates, scores, plan, dataset, penalty)
+    previous = [Path(p) for p in job.previous]
+    penalty = spec.method.penalty(spec.stage, job.options, previous)
+    loss_term = spec.method.loss_term(spec.stage, job.options)
+    return Setup(
+        model,
+        tokenizer,
+        candidates,
+        scores,
+        plan,
+        dataset,
+        penalty,
+        loss_term,
+        evaluation,  # plans for now: their evaluation candidate is asked after training
+        records,
+    )
+
+
+def _strategy_plan(spec: StageSpec, tokenizer, train: str, candidates, scores, seed):
+    """The run's prompt strategy's plan for one task's training table."""
+    job = spec.job
+    return spec.strategy.plan(
+        PlanContext(
+            tokenizer=tokenizer,
+            fmt=spec.fmt,
+            table=pd.read_parquet(train),
+            candidates=candidates,
+            scores=scores,
+            options=job.options,
+            seed=seed,
+            argument=spec.strategy_argument,
+            state_dir=spec.state_dir,
+            precision=spec.precision,
+        )
+    )
 
 
 def save(spec: StageSpec, setup: Setup, result: StageResult) -> dict:
@@ -127,6 +185,29 @@ def save(spec: StageSpec, setup: Setup, result: StageResult) -> dict:
         "candidate_id": evaluated,
         "instruction": cands.text_of(setup.candidates, evaluated),
     }
+    info["evaluation_prompts"] = {}
+    tables = {c["task"]: c["candidates"] for c in job.companions}
+    for task, plan in setup.evaluation.items():
+        cid = plan.evaluation_candidate()
+        table = setup.candidates if task == job.task else pd.read_parquet(tables[task])
+        info["evaluation_prompts"][task] = {
+            "candidate_id": cid,
+            "instruction": cands.text_of(table, cid),
+        }
+    if setup.replayed:
+        info["replayed"] = setup.replayed
+    info.update(
+        spec.method.finish(
+            setup.model,
+            setup.primary,
+            PadCollator(setup.tokenizer.pad_token_id, left=True),
+            spec.stage,
+            job.options,
+            out,
+            spec.precision,
+            [Path(p) for p in job.previous],
+        )
+    )
     if setup.scores is not None:
         info["scoring_seconds"] = float(setup.scores["seconds"].iloc[0])
     (out / paths.STAGE_RECORD).write_text(json.dumps(info, indent=2, default=str) + "\n")

@@ -1,9 +1,10 @@
-"""Numbers with intervals for the prompt-impact study: spreads, correlations and percentile
-bootstrap confidence intervals over candidates.
+"""Numbers with intervals: spreads, correlations and percentile bootstrap intervals over the
+study's candidates; t intervals over seeds, paired t-tests and Holm's correction for comparisons
+of runs.
 
-Numpy only (no scipy at run time); the tests check every statistic against scipy. A bootstrap
-resamples the *candidates* (the unit the study varies) with a fixed seed, so an interval is
-reproducible and two analyses of one table agree.
+The study's statistics are numpy only; the tests check every statistic against scipy. A bootstrap
+resamples the unit that varies (candidates, or test instances) with a fixed seed, so an interval
+is reproducible and two analyses of one table agree.
 """
 
 from __future__ import annotations
@@ -135,3 +136,78 @@ def mean_correlation_ci(
         samples[b] = np.nanmean(values) if np.isfinite(values).any() else np.nan
     low, high = _interval(samples, level)
     return {"r": point, "ci_low": low, "ci_high": high, "n": sum(len(x) for x, _ in arrays)}
+
+
+# --- across seeds ---------------------------------------------------------------------------------
+
+
+def t_interval(values: Sequence[float], level: float = LEVEL) -> dict[str, float]:
+    """Mean, sample SD, n and the t interval of the mean (NaN interval for n < 2; NaN values
+    are dropped)."""
+    from scipy import stats as st
+
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    n = len(x)
+    mean = float(x.mean()) if n else float("nan")
+    if n < 2:
+        return {"mean": mean, "sd": float("nan"), "n": n, "ci_low": np.nan, "ci_high": np.nan}
+    sd = float(x.std(ddof=1))
+    half = float(st.t.ppf(0.5 + level / 2, n - 1)) * sd / np.sqrt(n)
+    return {"mean": mean, "sd": sd, "n": n, "ci_low": mean - half, "ci_high": mean + half}
+
+
+def paired_t_test(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> dict[str, float]:
+    """a − b paired by position (seeds): the mean difference, its SD and t interval, t and the
+    two-sided p-value (as scipy.stats.ttest_rel); p is NaN for fewer than 2 pairs and 1 or 0
+    when every difference is equal."""
+    from scipy import stats as st
+
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.shape != y.shape:
+        raise ValueError(f"paired test: {len(x)} values against {len(y)}")
+    keep = np.isfinite(x) & np.isfinite(y)
+    d = x[keep] - y[keep]
+    row = t_interval(d, level)
+    row = {"diff": row.pop("mean"), **row}
+    n = row["n"]
+    if n < 2:
+        return {**row, "t": np.nan, "p": np.nan}
+    if row["sd"] == 0:
+        same = row["diff"] == 0
+        return {
+            **row,
+            "t": np.nan if same else np.copysign(np.inf, row["diff"]),
+            "p": 1.0 if same else 0.0,
+        }
+    t = row["diff"] / (row["sd"] / np.sqrt(n))
+    return {**row, "t": float(t), "p": float(2 * st.t.sf(abs(t), n - 1))}
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (NaNs stay NaN and do not count as tests)."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(len(p), np.nan)
+    valid = np.flatnonzero(np.isfinite(p))
+    m = len(valid)
+    running = 0.0
+    for rank, i in enumerate(valid[np.argsort(p[valid], kind="mergesort")]):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+def bootstrap_p(differences: np.ndarray) -> float:
+    """Two-sided bootstrap p-value of a difference being 0: twice the smaller tail share of
+    resampled differences on either side of 0, (count + 1) / (B + 1) so it is never 0."""
+    d = np.asarray(differences, dtype=float)
+    d = d[np.isfinite(d)]
+    if len(d) == 0:
+        return float("nan")
+    tail = min((d <= 0).sum(), (d >= 0).sum())
+    return float(min(1.0, 2 * (tail + 1) / (len(d) + 1)))
+
+
+def interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    """Percentile interval of bootstrap samples (non-finite samples dropped)."""
+    return _interval(np.asarray(samples, dtype=float), level)

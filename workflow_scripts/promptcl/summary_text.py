@@ -59,30 +59,48 @@ def format_matrix(cells: pd.DataFrame, metric: str) -> str:
     return f"R[stage, task] for {metric} (± binomial/sample standard error):\n{text.to_string()}\n"
 
 
-def compare_runs(
-    summary: pd.DataFrame,
-    metric: str,
-    baseline: str | None = None,
-    protocol: str = "original_prompt",
-) -> str:
-    """Each run's AP against the first (baseline) run, saying plainly when it is within noise.
+SHOWN = ("AP", "BWT", "FWT", "plasticity", "ACC", "unseen_mean")
 
-    The difference's SE treats the runs as independent (sqrt(se1² + se2²)); within 2 SE is
-    reported as "within noise", never as a win.
-    """
-    rows = summary[summary["metric"] == metric]
-    if "protocol" in rows:
-        rows = rows[rows["protocol"] == protocol]
-    rows = rows.reset_index(drop=True)
-    if rows.empty:
+
+def _interval(low: float, high: float) -> str:
+    return "n/a" if pd.isna(low) or pd.isna(high) else f"[{low:+.2f}, {high:+.2f}]"
+
+
+def format_seeds(seeds: pd.DataFrame, metric: str) -> str:
+    """Each configuration's measures over its seeds: mean [t interval] (n)."""
+    part = seeds[seeds["metric"] == metric]
+    if part.empty:
         return ""
-    base = rows.iloc[0] if baseline is None else rows[rows["run"] == baseline].iloc[0]
-    lines = [f"AP ({metric}, {protocol}) against {base['run']}:"]
-    for _, row in rows.iterrows():
-        if row["run"] == base["run"]:
-            continue
-        diff = row["AP"] - base["AP"]
-        se = math.sqrt(row["AP_se"] ** 2 + base["AP_se"] ** 2)
-        verdict = "within noise" if abs(diff) < 2 * se else ("higher" if diff > 0 else "lower")
-        lines.append(f"  {row['run']}: {diff:+.2f} ± {se:.2f} ({verdict})")
+    lines = [f"Configurations over seeds ({metric}): mean [95% t interval] (n seeds)"]
+    keys = ["sequence", "method", "strategy", "protocol"]
+    for key, group in part.groupby(keys, sort=False):
+        cells = []
+        for _, row in group[group["measure"].isin(SHOWN)].iterrows():
+            if pd.isna(row["mean"]):
+                continue
+            interval = "" if row["n"] < 2 else f" [{row['ci_low']:.1f}, {row['ci_high']:.1f}]"
+            cells.append(f"{row['measure']} {row['mean']:.1f}{interval}")
+        n = int(group["n"].max())
+        lines.append(f"  {'/'.join(map(str, key))} (n={n}): " + "; ".join(cells))
+    return "\n".join(lines) + "\n"
+
+
+def format_comparisons(comparisons: pd.DataFrame, metric: str) -> str:
+    """Each configuration minus the baseline, paired: difference [interval], Holm's p and the
+    verdict (higher/lower only when the interval excludes 0)."""
+    part = comparisons[(comparisons["metric"] == metric) & comparisons["measure"].isin(SHOWN)]
+    if part.empty:
+        return ""
+    base = part["baseline"].iloc[0]
+    lines = [f"Against {base} ({metric}), paired; Holm-corrected per protocol and metric:"]
+    for key, group in part.groupby(["sequence", "method", "strategy", "protocol"], sort=False):
+        lines.append(f"  {'/'.join(map(str, key))} ({group['basis'].iloc[0]}):")
+        for _, row in group.iterrows():
+            if pd.isna(row["diff"]):
+                continue
+            lines.append(
+                f"    {row['measure']:<12} {row['diff']:+7.2f} "
+                f"{_interval(row['ci_low'], row['ci_high']):>18}  p_holm "
+                f"{row['p_holm']:.3f}  {row['verdict']}"
+            )
     return "\n".join(lines) + "\n"

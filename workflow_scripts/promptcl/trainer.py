@@ -19,7 +19,7 @@ import torch
 
 from .adapters import trainable_adapter
 from .batching import PadCollator, answer_window
-from .data import PromptedDataset, epoch_tracker
+from .data import epoch_tracker
 from .launch import TrainingInterrupted, preemption_guard, world_size
 from .prompting import IGNORE_INDEX
 from .specs import TrainSpec, accumulation_steps
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 #: model -> (penalty as a scalar tensor, its parts as floats for the training log)
 Penalty = Callable[[object], tuple[torch.Tensor, dict[str, float]]]
+#: (model, inputs, outputs) -> (a micro-batch's extra loss term, its parts for the log)
+LossTerm = Callable[[object, dict, object], tuple[torch.Tensor, dict[str, float]]]
 
 
 def _stage_arguments_class():
@@ -63,10 +65,18 @@ def _make_trainer_class():
         frozen earlier stages from the forward pass; here they stay active.
         """
 
-        def __init__(self, *args, adapter: str, penalty: Penalty | None = None, **kwargs):
+        def __init__(
+            self,
+            *args,
+            adapter: str,
+            penalty: Penalty | None = None,
+            loss_term: LossTerm | None = None,
+            **kwargs,
+        ):
             super().__init__(*args, **kwargs)
             self.adapter = adapter
             self.penalty = penalty
+            self.loss_term = loss_term
             self._tokens = 0
             self._answer_tokens = 0
             self._penalties: list[dict[str, float]] = []
@@ -79,16 +89,20 @@ def _make_trainer_class():
             # full projection and its log-softmax were a third of a step's time
             keep = answer_window(inputs["labels"])
             inputs = {**inputs, "labels": inputs["labels"][:, -keep:], "logits_to_keep": keep}
-            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            if self.penalty is None or not model.training:
-                return loss
-            # one penalty per optimiser update, whichever way the Trainer scales the task loss
+            term = self.loss_term if model.training else None
+            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+            if (self.penalty is None and term is None) or not model.training:
+                return (loss, outputs) if return_outputs else loss
+            # one penalty per optimiser update, whichever way the Trainer scales the task loss;
+            # a per-batch term is scaled like the task loss it is added to
             steps = penalty_divisor(self, num_items_in_batch)
-            value, parts = self.penalty(self.model)
+            if self.penalty is not None:
+                value, parts = self.penalty(self.model)
+            else:
+                value, parts = term(model, inputs, outputs)
             self._penalties.append({"penalty": float(value), **parts})
-            task = loss[0] if return_outputs else loss
-            total = task + value / steps
-            return (total, loss[1]) if return_outputs else total
+            total = loss + value / steps
+            return (total, outputs) if return_outputs else total
 
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
             if "loss" in logs:
@@ -146,6 +160,7 @@ def fit(
     callbacks: Sequence = (),
     penalty: Penalty | None = None,
     guard=None,
+    loss_term: LossTerm | None = None,
 ) -> StageResult:
     """Train the single trainable adapter, resuming from the newest checkpoint in ``state_dir``.
 
@@ -187,9 +202,10 @@ def fit(
         data_collator=PadCollator(tokenizer.pad_token_id, left=True),
         adapter=adapter,
         penalty=penalty,
+        loss_term=loss_term,
         callbacks=list(callbacks),
     )
-    if isinstance(examples, PromptedDataset):
+    if hasattr(examples, "epoch"):
         trainer.add_callback(epoch_tracker(examples))
     owned = guard is None
     guard = preemption_guard() if owned else guard

@@ -27,7 +27,7 @@ class FigureWiring:
             "matrix": paths.fill(paths.MATRIX, run=run.name),
             "train_logs": [
                 paths.fill(paths.TRAIN_LOG, run=self.plan.owner(run.name, k), stage=k)
-                for k in range(1, run.stages + 1)
+                for k in self.plan.trained_stages(run)
             ],
         }
 
@@ -37,7 +37,7 @@ class FigureWiring:
             (run.name, k)
             for run in self.plan.runs.values()
             if strategy_of(run.strategy)[0].needs_scores
-            for k in range(1, run.stages + 1)
+            for k in self.plan.trained_stages(run)
         ]
 
     def candidate_inputs(self, wildcards) -> dict:

@@ -5,6 +5,11 @@ One module per method, registered in :data:`METHODS`:
 * ``inclora``: a new LoRA per stage over the frozen LoRAs of earlier stages.
 * ``olora``: IncLoRA + the O-LoRA orthogonality penalty (config section ``olora``).
 * ``seqlora``: one LoRA trained on through all stages.
+* ``replay``: seqlora whose stages also train on a sample of the earlier tasks (``replay``).
+* ``ewc``: seqlora + elastic weight consolidation on the LoRA (config section ``ewc``).
+* ``lwf``: inclora + distillation towards the state before the stage (``lwf``).
+* ``single``: each task trained alone from the base model (a reference run).
+* ``multitask``: all tasks trained jointly in one stage (the upper reference).
 
 A method declares what the DAG needs (the adapters of the state before and after stage k, its
 config sections), refuses launches it cannot run under, builds its stage model and may add a
@@ -19,11 +24,19 @@ from pathlib import Path
 
 from ..specs import LoraSpec
 from .base import CONFIG_KEY, Method
+from .ewc import EWC
 from .inclora import IncLoRA
+from .lwf import LwF
+from .multitask import Multitask
 from .olora import OLoRA
+from .replay import Replay
 from .seqlora import SeqLoRA
+from .single import Single
 
-METHODS: dict[str, Method] = {m.name: m for m in (IncLoRA(), OLoRA(), SeqLoRA())}
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (IncLoRA(), OLoRA(), SeqLoRA(), Replay(), EWC(), LwF(), Single(), Multitask())
+}
 
 __all__ = ["METHODS", "Method", "build_stage_model", "method_of"]
 

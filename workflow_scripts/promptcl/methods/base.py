@@ -29,8 +29,27 @@ class Method:
         """The stages whose LoRAs make the state evaluated after stage k."""
         raise NotImplementedError
 
+    def trained_stages(self, stages: int) -> list[int]:
+        """The stages this method trains, and after which its run is evaluated (the rows of R
+        it defines besides row 0): every stage by default."""
+        return list(range(1, stages + 1))
+
+    def joint_stages(self, stage: int) -> list[int]:
+        """Earlier stages whose tasks stage k also trains with the run's prompt strategy, as
+        if they were its own (``multitask``); none by default."""
+        return []
+
+    def replayed_stages(self, stage: int) -> list[int]:
+        """Earlier stages whose tasks stage k mixes samples of into its data, each with the
+        prompt its own stage trained with (``replay``); none by default."""
+        return []
+
     def options(self, config: dict) -> dict:
         return {section: config[section] for section in self.config_sections}
+
+    def check_config(self, config: dict) -> None:
+        """Raise ValueError naming the key when its config sections are inconsistent (checked
+        while the workflow is parsed, before any job runs)."""
 
     # --- what the stage job needs ------------------------------------------------------------
 
@@ -54,9 +73,31 @@ class Method:
         """
         raise NotImplementedError
 
-    def penalty(self, stage: int, options: dict):
-        """A weight penalty added once per optimiser update (see promptcl.trainer), or None."""
+    def penalty(self, stage: int, options: dict, previous: Sequence[Path] = ()):
+        """A weight penalty added once per optimiser update (see promptcl.trainer), or None.
+
+        ``previous``: the adapter folders of :meth:`state_before` (what EWC anchors to)."""
         return None
+
+    def loss_term(self, stage: int, options: dict):
+        """A term of each micro-batch's loss, ``term(model, inputs, outputs) -> (tensor,
+        parts)``, from the batch and the model's outputs on it (LwF's distillation), or None."""
+        return None
+
+    def finish(
+        self,
+        model,
+        dataset,
+        collator,
+        stage: int,
+        options: dict,
+        out_dir: Path,
+        precision: str = "fp32",
+        previous: Sequence[Path] = (),
+    ) -> dict:
+        """After training, on rank 0, before the stage record is written: save what later
+        stages need beside the adapter (EWC's Fisher); returns entries for the stage record."""
+        return {}
 
     def _check_previous(self, stage: int, previous: Sequence[Path]) -> None:
         expected = len(self.state_before(stage))

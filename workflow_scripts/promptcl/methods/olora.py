@@ -213,6 +213,9 @@ class OLoRA(IncLoRA):
     name = "olora"
     config_sections = ("olora",)
 
+    def check_config(self, config: dict) -> None:
+        OLoraSpec.from_config(config["olora"])
+
     def check_launch(self, train) -> None:
         from ..trainer import zero_stage
 
@@ -223,7 +226,7 @@ class OLoRA(IncLoRA):
                 "use config/deepspeed/zero2.json"
             )
 
-    def penalty(self, stage: int, options: dict):
+    def penalty(self, stage: int, options: dict, previous=()):
         from ..modeling import adapter_name
 
         spec = OLoraSpec.from_config(options["olora"], stage)

@@ -1,0 +1,272 @@
+"""The rehearsal, regularisation and reference methods: replay's mixed data, EWC's penalty and
+Fisher, LwF's distillation, on known numbers and the tiny random Llama."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from promptcl import paths
+from promptcl.adapters import save_adapter
+from promptcl.batching import PadCollator
+from promptcl.candidates import make_table
+from promptcl.data import MixedDataset, PromptedDataset, encode_table
+from promptcl.methods import METHODS, build_stage_model
+from promptcl.methods.ewc import (
+    EwcSpec,
+    accumulate,
+    diagonal_fisher,
+    ewc_penalty,
+    lora_parameters,
+)
+from promptcl.methods.lwf import LwfSpec, distillation, without_adapter
+from promptcl.methods.replay import ReplaySpec, replay_parts, replay_rows
+from promptcl.modeling import adapter_name, load_state
+from promptcl.prompting import PromptFormat
+from promptcl.specs import LoraSpec
+from tests.helpers.stages import table
+
+LORA = LoraSpec(r=2, alpha=4, dropout=0.0, target_modules=("q_proj", "v_proj"))
+FMT = PromptFormat()
+
+
+# --- replay ---------------------------------------------------------------------------------------
+
+
+def test_replay_counts_split_the_total_and_respect_caps():
+    spec = ReplaySpec(examples=10, max_per_task=3)
+    # 10 over 3 tasks: 4, 3, 3; capped at 3; the second task has only 2 examples
+    assert spec.counts(50, [100, 2, 100]) == [3, 2, 3]
+    assert ReplaySpec(examples=10).counts(50, [100, 100, 100]) == [4, 3, 3]
+    assert ReplaySpec(examples=None, fraction=0.25).counts(40, [100, 100]) == [5, 5]
+    assert ReplaySpec(examples=0).counts(40, [100]) == [0]
+    assert ReplaySpec().counts(40, []) == []
+
+
+@pytest.mark.parametrize(
+    "cfg, key",
+    [
+        ({"examples": 4, "fraction": 0.5}, "exactly one"),
+        ({"examples": None}, "exactly one"),
+        ({"examples": 4, "prompt": "best"}, "replay.prompt"),
+        ({"examples": 4, "cap": 2}, "unknown keys"),
+    ],
+)
+def test_replay_config_errors_name_the_key(cfg, key):
+    with pytest.raises(ValueError, match=key):
+        ReplaySpec.from_config(cfg)
+
+
+def test_replayed_rows_are_a_seeded_sample():
+    rows = replay_rows(50, 8, seed=0, stage=3, earlier_stage=1)
+    assert rows == replay_rows(50, 8, seed=0, stage=3, earlier_stage=1)
+    assert len(set(rows)) == 8 and rows == sorted(rows) and max(rows) < 50
+    assert rows != replay_rows(50, 8, seed=1, stage=3, earlier_stage=1)
+    assert rows != replay_rows(50, 8, seed=0, stage=3, earlier_stage=2)
+    with pytest.raises(ValueError, match="cannot replay 9 of 8"):
+        replay_rows(8, 9, 0, 2, 1)
+
+
+def _companion(tmp_path: Path, task: str, stage: int, n: int, trained: int) -> dict:
+    train = tmp_path / f"{task}_train.parquet"
+    table(n, f"label-{task}").assign(id=[f"{task}-{i}" for i in range(n)]).to_parquet(train)
+    pool = make_table("Say the label.", ["Name the label.", "Give the label."], [None, None],
+                      "file", "")  # fmt: skip
+    pool.to_parquet(tmp_path / f"{task}_candidates.parquet")
+    record = tmp_path / f"{task}_adapter"
+    record.mkdir()
+    prompts = {task: {"candidate_id": trained, "instruction": "x"}}
+    (record / paths.STAGE_RECORD).write_text(
+        json.dumps({"task": task, "evaluation_prompts": prompts})
+    )
+    return {
+        "role": "replay",
+        "task": task,
+        "stage": stage,
+        "train": str(train),
+        "candidates": str(tmp_path / f"{task}_candidates.parquet"),
+        "record": str(record),
+    }
+
+
+def test_replayed_examples_keep_the_prompt_their_stage_trained_with(tmp_path, tiny_tokenizer):
+    companions = [_companion(tmp_path, "t1", 1, 20, 2), _companion(tmp_path, "t2", 2, 3, 0)]
+    spec = ReplaySpec(examples=8, max_per_task=5)
+    records, parts = replay_parts(spec, companions, 16, tiny_tokenizer, FMT, (0, 3))
+    assert [r["examples"] for r in records] == [4, 3]
+    assert [r["candidate_id"] for r in records] == [2, 0]
+    assert records[0]["rows"] == replay_rows(20, 4, 0, 3, 1)
+    first = tiny_tokenizer.decode(parts[0][0]["input_ids"])
+    assert "Give the label." in first and "Say the label." not in first  # candidate 2
+    assert f"sentence number {records[0]['rows'][0]} " in first
+    again, _ = replay_parts(spec, companions, 16, tiny_tokenizer, FMT, (0, 3))
+    assert again == records  # reproducible
+    original, parts = replay_parts(
+        ReplaySpec(examples=8, prompt="original"), companions, 16, tiny_tokenizer, FMT, (0, 3)
+    )
+    assert [r["candidate_id"] for r in original] == [0, 0]
+    assert "Say the label." in tiny_tokenizer.decode(parts[0][0]["input_ids"])
+
+
+def test_a_mixed_dataset_serves_its_parts_in_order_and_shares_the_epoch():
+    a = PromptedDataset({0: [{"i": 0}, {"i": 1}]}, lambda e, i: 0)
+    b = PromptedDataset({3: [{"i": 10}]}, lambda e, i: 3)
+    mixed = MixedDataset([a, b])
+    assert len(mixed) == 3 and [mixed[i]["i"] for i in range(3)] == [0, 1, 10]
+    mixed.epoch = 2
+    assert a.epoch == b.epoch == 2
+    with pytest.raises(IndexError):
+        mixed[3]
+
+
+# --- EWC ------------------------------------------------------------------------------------------
+
+
+def test_ewc_penalty_equals_a_hand_computation(tiny_model_dir):
+    model = METHODS["ewc"].build_model(tiny_model_dir, [], LORA, 1, seed=0)
+    params = lora_parameters(model, adapter_name(1))
+    assert params and all(".stage_1." not in k and "lora_" in k for k in params)
+    gen = torch.Generator().manual_seed(0)
+    fisher = {k: torch.rand(p.shape, generator=gen) for k, p in params.items()}
+    anchor = {k: torch.randn(p.shape, generator=gen) for k, p in params.items()}
+    value, parts = ewc_penalty(model, adapter_name(1), fisher, anchor, lam=3.0)
+    by_hand = sum(
+        float((fisher[k] * (p.detach() - anchor[k]) ** 2).sum()) for k, p in params.items()
+    )
+    assert parts["ewc"] == pytest.approx(by_hand, rel=1e-5)
+    assert float(value.detach()) == pytest.approx(1.5 * by_hand, rel=1e-5)
+    value.backward()
+    key = next(iter(params))
+    expected = 3.0 * fisher[key] * (params[key].detach() - anchor[key])  # d/dθ of λ/2 F (θ-θ*)²
+    torch.testing.assert_close(params[key].grad, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_fisher_is_the_mean_squared_gradient_of_each_example(tiny_model_dir, tiny_tokenizer):
+    model = METHODS["ewc"].build_model(tiny_model_dir, [], LORA, 1, seed=0)
+    params = lora_parameters(model, adapter_name(1))
+    with torch.no_grad():  # B = 0 at init would leave A without gradient
+        for key, p in params.items():
+            if "lora_B" in key:
+                p.normal_(0, 0.1)
+    examples = encode_table(tiny_tokenizer, FMT, table(3, "yes"))
+    collate = PadCollator(tiny_tokenizer.pad_token_id, left=True)
+    fisher = diagonal_fisher(model, examples, collate, adapter_name(1))
+    expected = {k: torch.zeros_like(p) for k, p in params.items()}
+    model.eval()
+    for example in examples:
+        loss = model(**collate([example])).loss
+        grads = torch.autograd.grad(loss, list(params.values()))
+        for key, grad in zip(params, grads, strict=True):
+            expected[key] += grad**2 / len(examples)
+    for key in params:
+        torch.testing.assert_close(fisher[key], expected[key], rtol=1e-4, atol=1e-10)
+    assert any(float(v.sum()) > 0 for v in fisher.values())
+    assert all(p.grad is None for p in params.values())  # gradients left clean
+
+
+def test_the_fisher_accumulates_online():
+    a, b = {"w": torch.tensor([1.0, 2.0])}, {"w": torch.tensor([0.5, 0.5])}
+    torch.testing.assert_close(accumulate(a, b, 0.5)["w"], torch.tensor([1.0, 1.5]))
+    assert accumulate(None, b, 0.5)["w"] is b["w"]
+    with pytest.raises(ValueError, match="other parameters"):
+        accumulate({"v": torch.zeros(2)}, b, 1.0)
+    with pytest.raises(ValueError, match="ewc.gamma"):
+        EwcSpec.from_config({"gamma": 2})
+
+
+# --- LwF ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stage1_adapter(tiny_model_dir, tmp_path_factory) -> Path:
+    model = build_stage_model(tiny_model_dir, [], LORA, 1, seed=1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    out = tmp_path_factory.mktemp("lwf") / "adapter1"
+    save_adapter(model, adapter_name(1), out, str(tiny_model_dir))
+    return out
+
+
+def _batch(tokenizer):
+    examples = encode_table(tokenizer, FMT, table(2, "yes"))
+    return PadCollator(tokenizer.pad_token_id, left=True)(examples)
+
+
+def test_the_teacher_is_the_state_before_the_stage(tiny_model_dir, tiny_tokenizer, stage1_adapter):
+    model = METHODS["lwf"].build_model(tiny_model_dir, [stage1_adapter], LORA, 2, seed=0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B.stage_2" in name:
+                p.normal_(0, 0.5)
+    batch = {k: v for k, v in _batch(tiny_tokenizer).items() if k != "labels"}
+    model.train()
+    with torch.no_grad(), without_adapter(model, adapter_name(2)):
+        teacher = model(**batch).logits
+    assert model.training  # mode restored
+    before = load_state(tiny_model_dir, [stage1_adapter]).eval()
+    with torch.no_grad():
+        expected = before(**batch).logits
+        student = model.eval()(**batch).logits
+    torch.testing.assert_close(teacher, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(student, expected, atol=1e-3)  # the new LoRA does act
+
+
+def test_distillation_is_zero_for_the_teacher_and_trains_only_the_new_lora(
+    tiny_model_dir, tiny_tokenizer, stage1_adapter
+):
+    model = METHODS["lwf"].build_model(tiny_model_dir, [stage1_adapter], LORA, 2, seed=0)
+    batch = _batch(tiny_tokenizer)
+    term = METHODS["lwf"].loss_term(2, {"lwf": {"weight": 1.0, "temperature": 2.0}})
+    model.eval()  # no dropout, so the student at init (B = 0) is the teacher
+    outputs = model(**batch)
+    value, parts = term(model, batch, outputs)
+    assert float(value) == pytest.approx(0.0, abs=1e-6) and parts["lwf"] == pytest.approx(
+        0, abs=1e-6
+    )
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B.stage_2" in name:
+                p.normal_(0, 0.5)
+    outputs = model(**batch)
+    value, _ = term(model, batch, outputs)
+    assert float(value) > 0
+    value.backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert all(g is not None for n, g in grads.items() if ".stage_2." in n)
+    assert all(g is None for n, g in grads.items() if ".stage_2." not in n)
+
+
+def test_distillation_on_known_logits():
+    student = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [5.0, 5.0]]])
+    teacher = torch.tensor([[[0.0, 0.0], [0.0, 1.0], [9.0, 9.0]]])
+    labels = torch.tensor([[-100, 1, -100]])  # position 0 predicts the one label
+    value = distillation(student, teacher, labels, temperature=1.0)
+    assert float(value) == pytest.approx(0.0)  # position 0: identical distributions
+    labels = torch.tensor([[-100, -100, 1]])  # position 1
+    p, q = torch.softmax(torch.tensor([0.0, 1.0]), 0), torch.softmax(torch.tensor([1.0, 0.0]), 0)
+    by_hand = float((p * (p.log() - q.log())).sum())
+    assert float(distillation(student, teacher, labels, 1.0)) == pytest.approx(by_hand)
+    assert float(distillation(student, teacher, labels, 2.0)) > 0
+    with pytest.raises(ValueError, match="lwf.temperature"):
+        LwfSpec.from_config({"temperature": 0})
+
+
+# --- the reference runs ---------------------------------------------------------------------------
+
+
+def test_reference_runs_declare_their_rows_of_r():
+    single, multitask = METHODS["single"], METHODS["multitask"]
+    assert single.trained_stages(3) == [1, 2, 3] and single.state_before(3) == []
+    assert single.state_after(3) == [3]
+    assert multitask.trained_stages(3) == [3] and multitask.joint_stages(3) == [1, 2]
+    assert multitask.state_before(3) == [] and multitask.state_after(3) == [3]
+    assert METHODS["replay"].replayed_stages(3) == [1, 2]
+    assert METHODS["replay"].state_before(3) == [2] and METHODS["ewc"].state_before(3) == [2]
+    assert METHODS["lwf"].state_before(3) == [1, 2]
+    assert np.all([METHODS[m].joint_stages(3) == [] for m in ("inclora", "replay", "single")])

@@ -1,0 +1,311 @@
+"""Results that hold across seeds: runs that differ only by seed aggregated (mean, SD, t interval,
+n), and every (method, strategy) compared with a configured baseline, paired.
+
+Two paired comparisons, both Holm-corrected within each family (one protocol and score metric,
+all configurations and measures):
+
+* across seeds: a paired t-test on the per-seed differences of a measure (needs 2+ seeds);
+* within a seed: a paired bootstrap over test instances. Both runs scored the same items, so
+  each resample draws the same instances of every task for both runs and for every row of R,
+  and recomputes each measure from the resampled R.
+
+A difference is called "higher" or "lower" only when its Holm-adjusted p-value is below
+1 − level (then its interval excludes 0); otherwise it is "within noise". With one seed the
+verdict rests on the bootstrap, with more on the t-test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import stats
+from .metrics import METRICS, continual_metrics
+
+#: the configuration of a run; runs that share it differ only by seed
+CONFIGURATION = ("sequence", "method", "strategy")
+#: the measures aggregated and compared (columns of the run summaries)
+MEASURES = ("AP", "BWT", "FWT", "F", "plasticity", "ACC", "unseen_mean")
+INSTANCE_COLUMNS = ("protocol", "stage", "task", "id", *METRICS)
+
+
+def instance_scores(tables: dict[str, dict[tuple[int, str], pd.DataFrame]]) -> pd.DataFrame:
+    """The instance-level scores R is averaged from: protocol -> {(stage, task): predictions}."""
+    parts = []
+    for protocol, cells in tables.items():
+        for (stage, task), df in cells.items():
+            part = df[["id", *METRICS]].copy()
+            part.insert(0, "task", task)
+            part.insert(0, "stage", int(stage))
+            part.insert(0, "protocol", protocol)
+            parts.append(part)
+    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=INSTANCE_COLUMNS)
+    out["id"] = out["id"].astype(str)
+    return out.sort_values(["protocol", "stage", "task"], kind="stable").reset_index(drop=True)
+
+
+# --- across seeds ---------------------------------------------------------------------------------
+
+
+def seed_table(summary: pd.DataFrame, level: float = stats.LEVEL) -> pd.DataFrame:
+    """Mean, SD, n and t interval of every measure over the seeds of each configuration."""
+    rows = []
+    keys = [*CONFIGURATION, "protocol", "metric"]
+    for key, part in summary.groupby(keys, sort=False):
+        for measure in MEASURES:
+            row = stats.t_interval(part[measure].to_numpy(dtype=float), level)
+            rows.append({**dict(zip(keys, key, strict=True)), "measure": measure, **row})
+    columns = [*keys, "measure", "mean", "sd", "n", "ci_low", "ci_high"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def verdict(diff: float, p_adjusted: float, level: float = stats.LEVEL) -> str:
+    if not np.isfinite(p_adjusted) or not np.isfinite(diff):
+        return "n/a"
+    if p_adjusted < 1 - level:
+        return "higher" if diff > 0 else "lower"
+    return "within noise"
+
+
+def _family_holm(table: pd.DataFrame, family: Sequence[str], p: str) -> pd.Series:
+    adjusted = pd.Series(np.nan, index=table.index)
+    for _, part in table.groupby(list(family), sort=False):
+        adjusted[part.index] = stats.holm(part[p].to_numpy(dtype=float))
+    return adjusted
+
+
+def compare_seeds(
+    summary: pd.DataFrame,
+    baseline: dict,
+    level: float = stats.LEVEL,
+    by_seed: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Each configuration against the baseline (method, strategy) of its sequence, paired
+    across the seeds both ran: mean difference with its t interval, t, p and Holm's p.
+
+    ``by_seed`` (from :func:`compare_instances`) supplies the verdict when only one seed is
+    shared; with two or more the t-test decides."""
+    rows = []
+    is_base = (summary["method"] == baseline["method"]) & (
+        summary["strategy"] == baseline["strategy"]
+    )
+    base = summary[is_base]
+    for key, part in summary[~is_base].groupby([*CONFIGURATION, "protocol", "metric"], sort=False):
+        sequence, method, strategy, protocol, metric = key
+        ref = base[
+            (base["sequence"] == sequence)
+            & (base["protocol"] == protocol)
+            & (base["metric"] == metric)
+        ]
+        seeds = sorted(set(part["seed"]) & set(ref["seed"]))
+        if not seeds:
+            continue
+        a = part.set_index("seed").loc[seeds]
+        b = ref.set_index("seed").loc[seeds]
+        for measure in MEASURES:
+            test = stats.paired_t_test(
+                a[measure].to_numpy(float), b[measure].to_numpy(float), level
+            )
+            rows.append(
+                {
+                    "sequence": sequence,
+                    "method": method,
+                    "strategy": strategy,
+                    "baseline": f"{baseline['method']}/{baseline['strategy']}",
+                    "protocol": protocol,
+                    "metric": metric,
+                    "measure": measure,
+                    "seeds": ",".join(str(s) for s in seeds),
+                    **test,
+                }
+            )
+    columns = [
+        "sequence", "method", "strategy", "baseline", "protocol", "metric", "measure", "seeds",
+        "diff", "sd", "n", "ci_low", "ci_high", "t", "p",
+    ]  # fmt: skip
+    table = pd.DataFrame(rows, columns=columns)
+    table["p_holm"] = _family_holm(table, ["protocol", "metric"], "p") if len(table) else []
+    table["basis"] = np.where(table["n"] >= 2, "paired t over seeds", "")
+    if by_seed is not None and len(table):
+        single = table["n"] == 1
+        keys = [*CONFIGURATION, "protocol", "metric", "measure"]
+        boot = by_seed.set_index(keys)
+        for i in table.index[single]:
+            key = tuple(table.loc[i, keys])
+            if key in boot.index:
+                hit = boot.loc[[key]].iloc[0]
+                table.loc[i, ["ci_low", "ci_high", "p_holm"]] = [
+                    hit["ci_low"], hit["ci_high"], hit["p_holm"]
+                ]  # fmt: skip
+                table.loc[i, "basis"] = f"paired bootstrap over instances (seed {hit['seed']})"
+    table["verdict"] = [
+        verdict(d, p, level) for d, p in zip(table["diff"], table["p_holm"], strict=True)
+    ]
+    return table
+
+
+# --- within a seed: the paired bootstrap over test instances --------------------------------------
+
+
+def _score_rows(
+    scores: pd.DataFrame, task: str, ids: Sequence[str], rows: int, metric: str
+) -> np.ndarray:
+    """(rows, n) scores of ``task``'s instances ``ids`` at stages 0..rows-1 (NaN rows where the
+    run has no evaluation)."""
+    out = np.full((rows, len(ids)), np.nan)
+    part = scores[scores["task"] == task]
+    for stage, group in part.groupby("stage"):
+        values = group.set_index("id")[metric]
+        if not values.index.is_unique:
+            raise ValueError(f"task {task}, stage {stage}: instance ids repeat")
+        missing = set(ids) - set(values.index)
+        if missing:
+            raise ValueError(f"task {task}, stage {stage}: no score for ids {sorted(missing)[:3]}")
+        out[int(stage)] = values.loc[list(ids)].to_numpy(dtype=float)
+    return out
+
+
+def bootstrap_measures(
+    scores: pd.DataFrame,
+    sequence: Sequence[str],
+    unseen: Sequence[str],
+    metric: str,
+    ids: dict[str, list[str]],
+    resamples: int,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Each measure recomputed on ``resamples`` resamples of every task's instances (``ids``);
+    the same ``seed`` and ids draw the same instances for any run."""
+    T = len(sequence)
+    rng = np.random.default_rng(seed)
+    R = np.full((resamples, T + 1, T), np.nan)
+    unseen_final = np.full((resamples, len(unseen)), np.nan)
+    for j, task in enumerate([*sequence, *unseen]):
+        S = _score_rows(scores, task, ids[task], T + 1, metric)
+        draws = rng.integers(0, len(ids[task]), size=(resamples, len(ids[task])))
+        finite = np.isfinite(S)
+        sums = np.where(finite, S, 0.0)[:, draws].sum(-1)  # (rows, B)
+        counts = finite[:, draws].sum(-1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).T  # (B, rows)
+        if j < T:
+            R[:, :, j] = means
+        else:
+            unseen_final[:, j - T] = means[:, T]
+    out = {m: np.empty(resamples) for m in MEASURES}
+    for b in range(resamples):
+        values = continual_metrics(R[b])
+        for m in MEASURES:
+            if m != "unseen_mean":
+                out[m][b] = values[m][0]
+    out["unseen_mean"] = unseen_final.mean(axis=1) if unseen else np.full(resamples, np.nan)
+    return out
+
+
+def common_ids(runs: Sequence[pd.DataFrame], tasks: Sequence[str]) -> dict[str, list[str]]:
+    """Each task's instance ids, which every run must have scored (the pairing)."""
+    ids = {}
+    for task in tasks:
+        sets = [set(r.loc[(r["task"] == task) & (r["stage"] == 0), "id"]) for r in runs]
+        if any(s != sets[0] for s in sets[1:]) or not sets[0]:
+            raise ValueError(f"task {task}: the compared runs did not score the same instances")
+        ids[task] = sorted(sets[0])
+    return ids
+
+
+def compare_instances(
+    instances: dict[str, pd.DataFrame],
+    layouts: dict[str, dict],
+    baseline: dict,
+    resamples: int = stats.RESAMPLES,
+    level: float = stats.LEVEL,
+    metrics: Sequence[str] = ("label_accuracy", "rougeL"),
+) -> pd.DataFrame:
+    """Per seed, each run against the baseline run of its sequence and seed: the paired
+    bootstrap difference of every measure, its percentile interval, p and Holm's p.
+
+    ``instances``: run -> its instance scores; ``layouts``: run -> sequence name, tasks, unseen,
+    method, strategy, seed (as the aggregate rule's layout)."""
+    rows = []
+    cache: dict[tuple, dict[str, np.ndarray]] = {}
+
+    def samples(run, protocol, metric, ids):
+        key = (run, protocol, metric)
+        if key not in cache:
+            lay = layouts[run]
+            part = instances[run][instances[run]["protocol"] == protocol]
+            cache[key] = bootstrap_measures(
+                part, lay["sequence"], lay["unseen"], metric, ids, resamples, seed=lay["seed"]
+            )
+        return cache[key]
+
+    for run, lay in layouts.items():
+        if (lay["method"], lay["strategy"]) == (baseline["method"], baseline["strategy"]):
+            continue
+        base = [
+            r
+            for r, other in layouts.items()
+            if other["name"] == lay["name"]
+            and other["seed"] == lay["seed"]
+            and (other["method"], other["strategy"]) == (baseline["method"], baseline["strategy"])
+        ]
+        if not base:
+            continue
+        tasks = [*lay["sequence"], *lay["unseen"]]
+        ids = common_ids([instances[run], instances[base[0]]], tasks)
+        for protocol in dict.fromkeys(instances[run]["protocol"]):
+            for metric in metrics:
+                a = samples(run, protocol, metric, ids)
+                b = samples(base[0], protocol, metric, ids)
+                point_a = _point(instances[run], lay, protocol, metric)
+                point_b = _point(instances[base[0]], layouts[base[0]], protocol, metric)
+                for measure in MEASURES:
+                    d = a[measure] - b[measure]
+                    low, high = stats.interval(d, level)
+                    rows.append(
+                        {
+                            "sequence": lay["name"],
+                            "method": lay["method"],
+                            "strategy": lay["strategy"],
+                            "seed": lay["seed"],
+                            "run": run,
+                            "baseline_run": base[0],
+                            "protocol": protocol,
+                            "metric": metric,
+                            "measure": measure,
+                            "diff": point_a[measure] - point_b[measure],
+                            "ci_low": low,
+                            "ci_high": high,
+                            "p": stats.bootstrap_p(d),
+                            "resamples": resamples,
+                        }
+                    )
+    columns = [
+        "sequence", "method", "strategy", "seed", "run", "baseline_run", "protocol", "metric",
+        "measure", "diff", "ci_low", "ci_high", "p", "resamples",
+    ]  # fmt: skip
+    table = pd.DataFrame(rows, columns=columns)
+    family = ["protocol", "metric", "seed"]
+    table["p_holm"] = _family_holm(table, family, "p") if len(table) else []
+    table["verdict"] = [
+        verdict(d, p, level) for d, p in zip(table["diff"], table["p_holm"], strict=True)
+    ]
+    return table
+
+
+def _point(scores: pd.DataFrame, layout: dict, protocol: str, metric: str) -> dict[str, float]:
+    """The measures of one run from its instance scores (equal to its summary's)."""
+    part = scores[scores["protocol"] == protocol]
+    sequence, unseen = layout["sequence"], layout["unseen"]
+    T = len(sequence)
+    R = np.full((T + 1, T), np.nan)
+    cell = part.groupby(["stage", "task"])[metric].mean()
+    for (stage, task), value in cell.items():
+        if task in sequence:
+            R[int(stage), sequence.index(task)] = value
+    values = {m: v[0] for m, v in continual_metrics(R).items()}
+    finals = [cell.get((T, t), np.nan) for t in unseen]
+    values["unseen_mean"] = float(np.mean(finals)) if unseen else np.nan
+    return values

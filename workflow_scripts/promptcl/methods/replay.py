@@ -1,0 +1,153 @@
+"""``replay`` (rehearsal): one LoRA continued across stages, as ``seqlora``, whose stage k mixes a
+sample of the earlier tasks' training examples into task k's data.
+
+Each earlier task contributes a seeded sample (reproducible from the run seed, the stage and the
+task), capped per task. A replayed example keeps the prompt its own stage trained with (from that
+stage's record; ``replay.prompt: original`` replays with the original instruction instead). The
+run's prompt strategy chooses only the current task's prompt, and SAPO scores the current task.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .seqlora import SeqLoRA
+
+PROMPTS = ("trained", "original")
+
+
+@dataclass(frozen=True)
+class ReplaySpec:
+    """``config.yaml: replay``: how many earlier examples a stage replays, and with which prompt.
+
+    ``examples`` (a count) or ``fraction`` (of the current task's training examples) sets the
+    total per stage, split evenly over the earlier tasks; ``max_per_task`` caps each task."""
+
+    examples: int | None = 32
+    fraction: float | None = None
+    max_per_task: int | None = None
+    prompt: str = "trained"
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> ReplaySpec:
+        unknown = set(cfg) - {"examples", "fraction", "max_per_task", "prompt"}
+        if unknown:
+            raise ValueError(f"replay: unknown keys {sorted(unknown)}")
+        examples, fraction = cfg.get("examples"), cfg.get("fraction")
+        if (examples is None) == (fraction is None):
+            raise ValueError("replay: set exactly one of replay.examples and replay.fraction")
+        if examples is not None and (isinstance(examples, bool) or int(examples) < 0):
+            raise ValueError(f"replay.examples: expected an integer >= 0, got {examples!r}")
+        if fraction is not None and not 0 <= float(fraction) <= 10:
+            raise ValueError(f"replay.fraction: expected a number in [0, 10], got {fraction!r}")
+        cap = cfg.get("max_per_task")
+        if cap is not None and int(cap) < 0:
+            raise ValueError(f"replay.max_per_task: expected an integer >= 0, got {cap!r}")
+        prompt = cfg.get("prompt", "trained")
+        if prompt not in PROMPTS:
+            raise ValueError(f"replay.prompt: expected one of {PROMPTS}, got {prompt!r}")
+        return cls(
+            examples=None if examples is None else int(examples),
+            fraction=None if fraction is None else float(fraction),
+            max_per_task=None if cap is None else int(cap),
+            prompt=prompt,
+        )
+
+    def total(self, current: int) -> int:
+        """Replayed examples per stage for a current task of ``current`` training examples."""
+        if self.examples is not None:
+            return self.examples
+        return math.floor(self.fraction * current + 0.5)
+
+    def counts(self, current: int, earlier: list[int]) -> list[int]:
+        """Examples replayed from each earlier task (of sizes ``earlier``): the total split
+        evenly (the first tasks take the remainder), each capped by ``max_per_task`` and by the
+        task's size. A capped task's share is not moved to the others."""
+        if not earlier:
+            return []
+        share, rest = divmod(self.total(current), len(earlier))
+        out = []
+        for i, size in enumerate(earlier):
+            n = share + (1 if i < rest else 0)
+            if self.max_per_task is not None:
+                n = min(n, self.max_per_task)
+            out.append(min(n, size))
+        return out
+
+
+def replay_rows(size: int, count: int, seed: int, stage: int, earlier_stage: int) -> list[int]:
+    """The rows of an earlier task (of ``size`` examples) that stage k replays: a sample without
+    replacement from ``default_rng([seed, stage, earlier_stage])``, in table order."""
+    if not 0 <= count <= size:
+        raise ValueError(f"cannot replay {count} of {size} examples")
+    rng = np.random.default_rng([int(seed), int(stage), int(earlier_stage)])
+    return sorted(int(i) for i in rng.choice(size, size=count, replace=False))
+
+
+class Replay(SeqLoRA):
+    name = "replay"
+    config_sections = ("replay",)
+
+    def check_config(self, config: dict) -> None:
+        ReplaySpec.from_config(config["replay"])
+
+    def replayed_stages(self, stage: int) -> list[int]:
+        return list(range(1, stage))
+
+
+def replayed_candidate(record_dir: str, task: str) -> int:
+    """The candidate ``task`` trained with, from its stage's record."""
+    import json
+    from pathlib import Path
+
+    from .. import paths
+
+    record = json.loads((Path(record_dir) / paths.STAGE_RECORD).read_text())
+    prompts = record.get("evaluation_prompts") or {record["task"]: record["evaluation_prompt"]}
+    if task not in prompts:
+        raise ValueError(f"the stage record in {record_dir} does not say how {task} was trained")
+    return int(prompts[task]["candidate_id"])
+
+
+def replay_parts(
+    spec: ReplaySpec,
+    companions: list[dict],
+    current: int,
+    tokenizer,
+    fmt,
+    seed: tuple[int, int],
+) -> tuple[list[dict], list]:
+    """(what was replayed, one dataset per earlier task) for stage ``seed[1]`` whose current
+    task has ``current`` training examples; ``companions`` as in :class:`promptcl.job.StageJob`."""
+    import pandas as pd
+
+    from .. import candidates as cands
+    from ..data import PromptedDataset, encode_table
+
+    tables = [pd.read_parquet(c["train"]) for c in companions]
+    counts = spec.counts(current, [len(t) for t in tables])
+    records, parts = [], []
+    for companion, table, n in zip(companions, tables, counts, strict=True):
+        rows = replay_rows(len(table), n, seed[0], seed[1], int(companion["stage"]))
+        cid = 0
+        if spec.prompt == "trained":
+            cid = replayed_candidate(companion["record"], companion["task"])
+        text = cands.text_of(pd.read_parquet(companion["candidates"]), cid)
+        records.append(
+            {
+                "task": companion["task"],
+                "stage": int(companion["stage"]),
+                "examples": n,
+                "candidate_id": cid,
+                "rows": rows,
+            }
+        )
+        if n == 0:
+            continue
+        sample = table.iloc[rows].reset_index(drop=True)
+        encodings = {cid: encode_table(tokenizer, fmt, sample, [text] * n)}
+        parts.append(PromptedDataset(encodings, lambda epoch, index, cid=cid: cid))
+    return records, parts
