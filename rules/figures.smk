@@ -61,9 +61,11 @@ rule plot_candidates:
 
 
 rule plot_runs:
-    """Every configured run's continual-learning metrics side by side, with intervals."""
+    """Every configuration's continual-learning metrics side by side, with intervals over
+    seeds."""
     input:
-        paths.SUMMARY,
+        summary=paths.SUMMARY,
+        seeds=paths.SEEDS,
     output:
         report(
             paths.COMPARISON_FIGURE,
@@ -78,3 +80,23 @@ rule plot_runs:
         "../environment.yml"
     script:
         "../workflow_scripts/plot_runs.py"
+
+
+rule plot_baseline:
+    """Each configuration minus the baseline, paired, with intervals and verdicts."""
+    input:
+        paths.COMPARISONS,
+    output:
+        report(
+            paths.BASELINE_FIGURE,
+            caption="../report/baseline_differences.rst",
+            category="Runs compared",
+            labels={"metric": "{metric}", "figure": "against the baseline"},
+        ),
+    log:
+        paths.log(paths.JOB_PLOT_BASELINE),
+    localrule: True
+    conda:
+        "../environment.yml"
+    script:
+        "../workflow_scripts/plot_baseline.py"

@@ -1,4 +1,4 @@
-"""Rule plot_runs: every configured run's AP, BWT, FWT, F, unseen mean and robustness."""
+"""Rule plot_runs: every configuration's continual metrics, unseen mean and robustness."""
 
 from pathlib import Path
 
@@ -10,9 +10,10 @@ from promptcl.runtime import job_logging
 
 def main(snakemake) -> None:
     with job_logging(snakemake.log[0]) as log:
-        summary = pd.read_parquet(snakemake.input[0])
+        summary = pd.read_parquet(snakemake.input.summary)
+        seeds = pd.read_parquet(snakemake.input.seeds)
         metric = snakemake.wildcards.metric
-        run_comparison(summary, metric, Path(snakemake.output[0]))
+        run_comparison(summary, metric, Path(snakemake.output[0]), seeds)
         log.info("%d runs compared on %s", summary["run"].nunique(), metric)
 
 

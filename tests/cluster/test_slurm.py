@@ -33,7 +33,8 @@ NODE_SHAPE = {"SLURM_LOCAL_CPUS": "8", "SLURM_LOCAL_MEM_MB": "131072", "SLURM_LO
 RUN = "tiny-inclora-original-s0"
 # rules that run on the submit host (localrule: True; the file paraphrase backend)
 LOCAL_RULES = {"prepare_tasks", "paraphrase_prompts", "aggregate_run", "summarize", "all"}
-LOCAL_RULES |= {"plot_run", "plot_candidates", "plot_runs", "study_outcomes", "analyze_study"}
+LOCAL_RULES |= {"plot_run", "plot_candidates", "plot_runs", "plot_baseline", "compare_runs"}
+LOCAL_RULES |= {"study_outcomes", "analyze_study"}
 GPU_RULES = {"evaluate_base", "train_stage", "predict_stage", "score_prompts_base", "score_prompts"}
 
 

@@ -70,14 +70,20 @@ def prompt_scores(n: int = 4) -> pd.DataFrame:
     )
 
 
-def summary(runs=("r1", "r2", "r3")) -> pd.DataFrame:
+def summary(
+    runs=("r1", "r2", "r3"), configs=(("inclora", "original"), ("inclora", "sapo")), seeds=1
+) -> pd.DataFrame:
+    """Run summaries: ``runs`` runs per seed, cycling through ``configs``."""
     rows = []
-    for i, run in enumerate(runs):
+    for i, (run, seed) in enumerate((r, s) for s in range(seeds) for r in runs):
+        method, strategy = configs[runs.index(run) % len(configs)]
         for protocol in ("original_prompt", "trained_prompt"):
             for metric in METRICS:
-                row = {"run": run, "protocol": protocol, "metric": metric, "prompts": 2}
-                for col in ("AP", "BWT", "FWT", "F", "unseen_mean"):
-                    row[col], row[f"{col}_se"] = 10.0 * i - 5, 2.0
+                row = {"run": f"{run}-s{seed}", "protocol": protocol, "metric": metric}
+                row.update({"sequence": "demo", "method": method, "strategy": strategy})
+                row.update({"seed": seed, "prompts": 2})
+                for col in ("AP", "BWT", "FWT", "F", "plasticity", "ACC", "unseen_mean"):
+                    row[col], row[f"{col}_se"] = 10.0 * i - 5 + seed, 2.0
                 row["robust_mean"], row["robust_std"] = 40.0 + i, 3.0
                 rows.append(row)
     return pd.DataFrame(rows)

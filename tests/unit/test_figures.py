@@ -40,6 +40,20 @@ def test_run_figures(tmp_path):
         assert _is_png(path), path
 
 
+def test_configurations_over_seeds_and_against_the_baseline(tmp_path):
+    from promptcl.compare import compare_seeds, seed_table
+
+    summary = synthetic.summary(runs=("a", "b"), seeds=3)
+    seeds = seed_table(summary)
+    one = run_figures.run_comparison(summary[summary["seed"] == 0], "rougeL", tmp_path / "1.png")
+    many = run_figures.run_comparison(summary, "rougeL", tmp_path / "3.png", seeds)
+    assert _is_png(one) and _is_png(many)
+    comparisons = compare_seeds(summary, {"method": "inclora", "strategy": "original"})
+    assert set(comparisons["strategy"]) == {"sapo"} and (comparisons["n"] == 3).all()
+    forest = run_figures.baseline_differences(comparisons, "rougeL", tmp_path / "d.png")
+    assert _is_png(forest)
+
+
 def test_a_penalised_loss_figure_has_two_panels(tmp_path):
     one = mpimg.imread(run_figures.loss_curves({1: synthetic.train_log()}, "t", tmp_path / "a.png"))
     two = mpimg.imread(

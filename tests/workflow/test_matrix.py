@@ -133,7 +133,10 @@ def test_heldout_prompts_and_the_run_summary(matrix):
     cells = pd.read_parquet(matrix / "results/m-inclora-sapo-s0/metrics/accuracy_matrix.parquet")
     assert (cells["n"] == 8).all(), "R uses one prompt per cell, never the held-out ones"
     text = (matrix / "results/summary.txt").read_text()
-    assert "against m-inclora-original-s0" in text
+    assert "Against inclora/original (rougeL), paired" in text
+    comparisons = pd.read_parquet(matrix / "results/comparisons.parquet")
+    compared = set(zip(comparisons["method"], comparisons["strategy"], strict=True))
+    assert compared == {ms for ms in MATRIX_RUNS.values() if ms != ("inclora", "original")}
 
 
 def test_matrix_second_call_has_nothing_to_do(matrix):

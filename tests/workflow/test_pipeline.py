@@ -137,11 +137,12 @@ def test_changed_training_param_reruns_only_training_and_after(finished):
     path = write_config(finished / "config_lr.yaml", cfg)
     proc = snakemake(finished, "--configfile", str(path), "--dry-run")
     jobs = planned_jobs(proc.stdout + proc.stderr)
-    assert jobs.pop("total") == 11
+    assert jobs.pop("total") == 12
     assert jobs == {
         "train_stage": 2,
         "predict_stage": 2,
         "aggregate_run": 1,
+        "compare_runs": 1,
         "summarize": 1,
         "plot_run": 1,
         "plot_runs": 3,

@@ -45,6 +45,7 @@ COMPARISONS_BY_SEED = f"{RESULTS}/comparisons_by_seed.parquet"  # paired bootstr
 RUN_FIGURE = f"{RESULTS}/{{run}}/figures/{{figure}}.png"  # matrix, forgetting, loss
 CANDIDATES_FIGURE = f"{STAGE}/candidate_losses.png"  # SAPO stages: the losses it chose by
 COMPARISON_FIGURE = f"{RESULTS}/figures/runs_{{metric}}.png"
+BASELINE_FIGURE = f"{RESULTS}/figures/baseline_{{metric}}.png"  # paired differences
 
 STUDY = f"{RESULTS}/study"
 STUDY_MEASURES = f"{STUDY}/{{branch}}/measures.parquet"
@@ -88,6 +89,7 @@ JOB_COMPARE = "compare_runs"
 JOB_PLOT_RUN = "{run}/figures/plot"
 JOB_PLOT_CANDIDATES = "{run}/stage_{stage}/candidate_losses"
 JOB_PLOT_RUNS = "figures/runs_{metric}"
+JOB_PLOT_BASELINE = "figures/baseline_{metric}"
 JOB_MEASURE = "study/{branch}/measures"
 JOB_OUTCOMES = "study/{branch}/outcomes"
 JOB_ANALYZE = "study/analyze"

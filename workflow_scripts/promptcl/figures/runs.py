@@ -18,8 +18,8 @@ import pandas as pd
 from ..aggregate import PROTOCOLS, matrix
 from .style import COLORS, new_figure, save
 
-#: The summary's columns compared across runs, with the standard-error column of each.
-COMPARED = ("AP", "BWT", "FWT", "F", "unseen_mean")
+#: The summary's measures compared across runs (each has a standard-error column).
+COMPARED = ("AP", "BWT", "FWT", "F", "plasticity", "ACC", "unseen_mean")
 Z95 = 1.959964
 
 
@@ -152,30 +152,128 @@ def candidate_losses(
     return save(fig, path)
 
 
-def run_comparison(summary: pd.DataFrame, metric: str, path: Path) -> Path:
-    """AP, BWT, FWT, F and the unseen mean of every run (bars) with 95% intervals (±1.96 se),
-    plus robustness (mean AP over evaluation prompts ± SD) where held-out prompts exist; one
-    row of panels per protocol."""
+def run_comparison(
+    summary: pd.DataFrame, metric: str, path: Path, seeds: pd.DataFrame | None = None
+) -> Path:
+    """AP, BWT, FWT, F, plasticity, average accuracy and the unseen mean of every configuration
+    (sequence/method/strategy; bars), one row of panels per protocol.
+
+    A configuration run with several seeds shows its mean over seeds with the 95% t interval
+    and each seed as a dot; one with a single seed shows that run with ±1.96 se. Robustness
+    (mean AP over evaluation prompts ± SD) is added where held-out prompts exist."""
     rows_all = summary[summary["metric"] == metric]
     protocols = list(dict.fromkeys(rows_all["protocol"]))
     robust = rows_all["prompts"].max() > 1 if "prompts" in rows_all else False
     columns = list(COMPARED) + (["robust_mean"] if robust else [])
-    fig, axes = new_figure(len(protocols), len(columns), width=2.6, height=3.8)
+    keys = ["sequence", "method", "strategy"]
+    configs = list(dict.fromkeys(map(tuple, rows_all[keys].to_numpy())))
+    names = ["/".join(map(str, c[1:])) if len({k[0] for k in configs}) == 1 else "/".join(c)
+             for c in configs]  # fmt: skip
+    fig, axes = new_figure(
+        len(protocols), len(columns), width=max(2.6, 0.32 * len(configs) + 1.2), height=3.9
+    )
     for r, protocol in enumerate(protocols):
-        rows = rows_all[rows_all["protocol"] == protocol].reset_index(drop=True)
+        rows = rows_all[rows_all["protocol"] == protocol]
         for c, column in enumerate(columns):
             ax = axes[r][c]
-            if column == "robust_mean":
-                errors = rows["robust_std"].fillna(0).to_numpy()
-                label = "robustness: AP over prompts\n(error bar: SD across prompts)"
-            else:
-                errors = Z95 * rows[f"{column}_se"].fillna(0).to_numpy()
-                label = f"{column} ({metric}, 0-100)\n(error bar: 95% interval)"
-            colours = [COLORS[i % len(COLORS)] for i in range(len(rows))]
-            ax.bar(range(len(rows)), rows[column], yerr=errors, color=colours, capsize=3)
+            means, low, high, dots = [], [], [], []
+            for config in configs:
+                runs = rows[(rows[keys] == pd.Series(config, index=keys)).all(axis=1)]
+                values = runs[column].to_numpy(float)
+                interval = _interval(seeds, config, protocol, metric, column)
+                if column == "robust_mean" or len(runs) == 1 or interval is None:
+                    spread = (
+                        runs["robust_std"].fillna(0).to_numpy()
+                        if column == "robust_mean"
+                        else Z95 * runs[f"{column}_se"].fillna(0).to_numpy()
+                    )
+                    mean = float(np.mean(values)) if len(values) else math.nan
+                    interval = (mean - float(np.mean(spread)), mean + float(np.mean(spread)))
+                else:
+                    mean = float(np.nanmean(values))
+                means.append(mean)
+                low.append(mean - interval[0])
+                high.append(interval[1] - mean)
+                dots.append(values if len(values) > 1 else [])
+            colours = [COLORS[i % len(COLORS)] for i in range(len(configs))]
+            x = np.arange(len(configs))
+            errors = np.nan_to_num(np.array([low, high]))
+            ax.bar(x, means, yerr=errors, color=colours, capsize=3, alpha=0.85)
+            for i, values in enumerate(dots):
+                ax.plot([i] * len(values), values, "o", color="black", markersize=3)
             ax.axhline(0, color="black", linewidth=0.6)
-            ax.set_xticks(range(len(rows)), rows["run"], rotation=70, ha="right", fontsize=7)
-            ax.set_ylabel(label, fontsize=8)
+            ax.set_xticks(x, names, rotation=70, ha="right", fontsize=7)
+            ax.set_ylabel(_comparison_label(column, metric), fontsize=8)
             ax.set_title(protocol, fontsize=8)
-    fig.suptitle(f"Runs compared on {metric}")
+    fig.suptitle(
+        f"Configurations compared on {metric} "
+        "(bars: mean over seeds, 95% t interval; dots: seeds; one seed: ±1.96 se)",
+        fontsize=9,
+    )
+    return save(fig, path)
+
+
+def _comparison_label(column: str, metric: str) -> str:
+    if column == "robust_mean":
+        return "robustness: AP over prompts\n(error bar: SD across prompts)"
+    return f"{column} ({metric}, 0-100)"
+
+
+def _interval(seeds, config, protocol, metric, column) -> tuple[float, float] | None:
+    """The t interval over seeds of a configuration's measure, if it has 2+ seeds."""
+    if seeds is None or column not in set(seeds["measure"]):
+        return None
+    hit = seeds[
+        (seeds["sequence"] == config[0])
+        & (seeds["method"] == config[1])
+        & (seeds["strategy"] == config[2])
+        & (seeds["protocol"] == protocol)
+        & (seeds["metric"] == metric)
+        & (seeds["measure"] == column)
+    ]
+    if hit.empty or hit["n"].iloc[0] < 2 or pd.isna(hit["ci_low"].iloc[0]):
+        return None
+    return float(hit["ci_low"].iloc[0]), float(hit["ci_high"].iloc[0])
+
+
+VERDICT_COLORS = {
+    "higher": "#2ca02c",
+    "lower": "#d62728",
+    "within noise": "#7f7f7f",
+    "n/a": "#c7c7c7",
+}
+
+
+def baseline_differences(comparisons: pd.DataFrame, metric: str, path: Path) -> Path:
+    """Each configuration minus the baseline, paired (forest plot): the difference with its
+    interval, green/red when Holm-corrected significant, grey when within noise; one panel per
+    measure, one row per protocol."""
+    part = comparisons[comparisons["metric"] == metric]
+    measures = [m for m in COMPARED if m in set(part["measure"])]
+    protocols = list(dict.fromkeys(part["protocol"])) or ["original_prompt"]
+    labels = list(dict.fromkeys(part["method"] + "/" + part["strategy"]))
+    fig, axes = new_figure(
+        len(protocols), max(1, len(measures)), width=2.8, height=0.35 * max(1, len(labels)) + 1.6
+    )
+    for r, protocol in enumerate(protocols):
+        for c, measure in enumerate(measures):
+            ax = axes[r][c]
+            rows = part[(part["protocol"] == protocol) & (part["measure"] == measure)]
+            for _, row in rows.iterrows():
+                y = labels.index(f"{row['method']}/{row['strategy']}")
+                colour = VERDICT_COLORS.get(row["verdict"], "#7f7f7f")
+                if not pd.isna(row["ci_low"]):
+                    ax.plot([row["ci_low"], row["ci_high"]], [y, y], color=colour, linewidth=2)
+                ax.plot(row["diff"], y, "o", color=colour)
+            ax.axvline(0, color="black", linewidth=0.8)
+            ax.set_yticks(range(len(labels)), labels if c == 0 else [""] * len(labels), fontsize=7)
+            ax.set_ylim(len(labels) - 0.5, -0.5)
+            ax.set_xlabel(f"{measure} difference (points)", fontsize=8)
+            ax.set_title(protocol, fontsize=8)
+    baseline = part["baseline"].iloc[0] if len(part) else "the baseline"
+    fig.suptitle(
+        f"Against {baseline} on {metric}, paired (95% interval; green/red: Holm-significant, "
+        "grey: within noise)",
+        fontsize=9,
+    )
     return save(fig, path)

@@ -79,4 +79,15 @@ class FigureWiring:
             paths.fill(paths.CANDIDATES_FIGURE, run=run, stage=k) for run, k in self.sapo_stages()
         ]
         out += [paths.fill(paths.COMPARISON_FIGURE, metric=m) for m in COMPARED_METRICS]
+        out += [paths.fill(paths.BASELINE_FIGURE, metric=m) for m in self.baseline_metrics()]
         return out
+
+    def baseline_metrics(self) -> list[str]:
+        """The compared metrics, when some configuration is compared with the baseline."""
+        baseline = self.plan.config["comparison"]["baseline"]
+        runs = self.plan.runs.values()
+        base = {r.sequence for r in runs if (r.method, r.strategy) == tuple(baseline.values())}
+        others = [r for r in runs if (r.method, r.strategy) != tuple(baseline.values())]
+        if not any(r.sequence in base for r in others):
+            return []
+        return list(self.plan.config["comparison"]["metrics"])

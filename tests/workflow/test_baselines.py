@@ -1,0 +1,139 @@
+"""Every method × every prompt strategy through the tiny-model DAG, the reference runs' DAG
+shapes, and the comparisons over seeds the summary is built from."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from promptcl.methods import METHODS
+from tests.helpers.workflow import SEQUENCE, planned_jobs, snakemake, tiny_config, write_config
+
+STRATEGIES = ["original", "sapo", "paft", "fixed:1"]
+BASELINE = ("inclora", "original")
+
+
+def _config(model_dir: Path, methods, strategies, seeds=(0,)) -> dict:
+    config = tiny_config(model_dir, sequences={"b": {"tasks": SEQUENCE, "unseen": ["task1343"]}})
+    config["data"] = {"caps": {"train": {"n": 8}, "dev": {"n": 4}, "test": {"n": 6}}}
+    config["runs"] = {
+        "sequences": ["b"],
+        "methods": list(methods),
+        "prompt_strategies": list(strategies),
+        "seeds": list(seeds),
+    }
+    config["scoring"] = {"instances": 4, "batch_size": 8}
+    config["replay"] = {"examples": 3}
+    config["ewc"] = {"lambda": 100.0, "fisher_examples": 4}
+    config["comparison"] = {"resamples": 200}
+    return config
+
+
+@pytest.fixture(scope="module")
+def every_pair(tiny_model_dir, tmp_path_factory) -> Path:
+    """All methods × all strategies, one seed, up to the summary and the comparisons."""
+    work = tmp_path_factory.mktemp("every_pair")
+    cfg = write_config(work / "config.yaml", _config(tiny_model_dir, METHODS, STRATEGIES))
+    snakemake(work, "--configfile", str(cfg), "results/summary.txt", "results/comparisons.parquet")
+    return work
+
+
+def _record(work: Path, run: str, k: int) -> dict:
+    return json.loads((work / f"results/{run}/stage_{k}/adapter/promptcl_stage.json").read_text())
+
+
+def _run(method: str, strategy: str, seed: int = 0) -> str:
+    return f"b-{method}-{strategy.replace(':', '_')}-s{seed}"
+
+
+def test_every_method_runs_with_every_strategy(every_pair):
+    summary = pd.read_parquet(every_pair / "results/summary.parquet")
+    pairs = set(zip(summary["method"], summary["strategy"], strict=True))
+    assert pairs == {(m, s) for m in METHODS for s in STRATEGIES}
+    ap = summary[summary["metric"] == "rougeL"].set_index(["run", "protocol"])["AP"]
+    assert ap.notna().all()  # every run's final row exists, including multitask's
+    for method in METHODS:
+        for strategy in STRATEGIES:
+            record = _record(every_pair, _run(method, strategy), 2)
+            assert record["method"] == method
+            if strategy == "fixed:1":  # the strategy decides the current task's prompt
+                assert record["prompt"]["candidate_id"] == 1
+
+
+def test_replay_mixes_earlier_examples_with_the_prompt_they_trained_with(every_pair):
+    run = _run("replay", "fixed:1")
+    record = _record(every_pair, run, 2)
+    (replayed,) = record["replayed"]
+    assert replayed["task"] == SEQUENCE[0] and replayed["examples"] == 3
+    assert replayed["candidate_id"] == 1  # stage 1 trained task 1 with candidate 1
+    assert record["examples"] == 8 + 3
+    assert "replayed" not in _record(every_pair, run, 1)
+
+
+def test_ewc_and_lwf_log_their_terms_apart_from_the_task_loss(every_pair):
+    for method, column in (("ewc", "ewc"), ("lwf", "lwf")):
+        log = pd.read_parquet(
+            every_pair / f"results/{_run(method, 'original')}/stage_2/train_log.parquet"
+        )
+        assert {"task_loss", "penalty", column} <= set(log.columns)
+        assert (log["loss"] - log["task_loss"] - log["penalty"]).abs().max() < 1e-6
+    for k in (1, 2):
+        adapter = every_pair / f"results/{_run('ewc', 'original')}/stage_{k}/adapter"
+        assert (adapter / "ewc_fisher.safetensors").is_file()
+        assert _record(every_pair, _run("ewc", "original"), k)["ewc"]["fisher_examples"] == 4
+
+
+def test_the_reference_runs_define_their_rows_of_r(every_pair):
+    results = every_pair / "results"
+    multitask = _run("multitask", "sapo")
+    assert not (results / multitask / "stage_1").exists()
+    record = _record(every_pair, multitask, 2)
+    assert set(record["evaluation_prompts"]) == set(SEQUENCE)  # both tasks, jointly
+    assert record["examples"] == 16
+    cells = pd.read_parquet(results / multitask / "metrics/accuracy_matrix.parquet")
+    assert sorted(set(cells["stage"])) == [0, 2]
+    summary = pd.read_parquet(results / "summary.parquet").set_index(["run", "protocol", "metric"])
+    row = summary.loc[(multitask, "original_prompt", "rougeL")]
+    assert pd.notna(row["AP"]) and pd.isna(row["BWT"]) and pd.isna(row["plasticity"])
+    single = _run("single", "sapo")
+    assert not (results / single / "stage_2/prompt_scores.parquet").exists()  # scored on base
+    assert pd.notna(summary.loc[(single, "original_prompt", "rougeL"), "plasticity"])
+
+
+def test_each_configuration_is_compared_with_the_baseline_within_its_seed(every_pair):
+    comparisons = pd.read_parquet(every_pair / "results/comparisons.parquet")
+    by_seed = pd.read_parquet(every_pair / "results/comparisons_by_seed.parquet")
+    configs = {(m, s) for m in METHODS for s in STRATEGIES} - {BASELINE}
+    assert set(zip(comparisons["method"], comparisons["strategy"], strict=True)) == configs
+    assert set(by_seed["baseline_run"]) == {_run(*BASELINE)}
+    assert (comparisons["basis"].str.startswith("paired bootstrap")).all()  # one seed
+    assert set(comparisons["verdict"]) <= {"higher", "lower", "within noise", "n/a"}
+    text = (every_pair / "results/summary.txt").read_text()
+    assert "Against inclora/original" in text and "p_holm" in text
+
+
+def test_the_reference_runs_dag_shapes(tiny_model_dir, tmp_path):
+    config = _config(tiny_model_dir, ["single", "multitask"], ["original", "sapo"])
+    cfg = write_config(tmp_path / "config.yaml", config)
+    jobs = planned_jobs(snakemake(tmp_path, "--configfile", str(cfg), "-n").stdout)
+    # single: both stages from the base model; multitask: the last stage only
+    assert jobs["train_stage"] == 2 * 2 + 1 * 2
+    assert jobs["predict_stage"] == 2 * 2 + 1 * 2
+    assert "score_prompts" not in jobs  # every stage starts from the base: shared base scores
+    assert jobs["score_prompts_base"] == len(SEQUENCE)
+
+
+def test_two_seeds_are_compared_by_a_paired_t_test(tiny_model_dir, tmp_path):
+    config = _config(tiny_model_dir, ["inclora"], ["original", "fixed:1"], seeds=(0, 1))
+    config["sequences"] = {"b": {"tasks": SEQUENCE[:1], "unseen": ["task1343"]}}
+    cfg = write_config(tmp_path / "config.yaml", config)
+    snakemake(tmp_path, "--configfile", str(cfg), "results/summary.txt")
+    seeds = pd.read_parquet(tmp_path / "results/seeds.parquet")
+    assert set(seeds["n"]) == {2}
+    comparisons = pd.read_parquet(tmp_path / "results/comparisons.parquet")
+    assert (comparisons["n"] == 2).all() and (comparisons["basis"] == "paired t over seeds").all()
+    by_seed = pd.read_parquet(tmp_path / "results/comparisons_by_seed.parquet")
+    assert set(by_seed["seed"]) == {0, 1}
