@@ -88,8 +88,11 @@ def trained_prompts(adapters: list[str]) -> dict[str, str]:
     out = {}
     for adapter in adapters:
         info = json.loads((Path(adapter) / paths.STAGE_RECORD).read_text())
-        if int(info["evaluation_prompt"]["candidate_id"]) != 0:
-            out[info["task"]] = info["evaluation_prompt"]["instruction"]
+        # every task the stage trained with the run's strategy (several for multitask)
+        prompts = info.get("evaluation_prompts") or {info["task"]: info["evaluation_prompt"]}
+        for task, prompt in prompts.items():
+            if int(prompt["candidate_id"]) != 0:
+                out[task] = prompt["instruction"]
     return out
 
 

@@ -226,7 +226,7 @@ def test_distillation_is_zero_for_the_teacher_and_trains_only_the_new_lora(
     model.eval()  # no dropout, so the student at init (B = 0) is the teacher
     outputs = model(**batch)
     value, parts = term(model, batch, outputs)
-    assert float(value) == pytest.approx(0.0, abs=1e-6) and parts["lwf"] == pytest.approx(
+    assert float(value.detach()) == pytest.approx(0.0, abs=1e-6) and parts["lwf"] == pytest.approx(
         0, abs=1e-6
     )
     with torch.no_grad():
