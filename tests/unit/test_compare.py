@@ -136,10 +136,33 @@ def test_one_seed_takes_its_verdict_from_the_bootstrap():
         [
             {"sequence": "s", "method": "inclora", "strategy": "sapo", "seed": 0,
              "protocol": "original_prompt", "metric": "label_accuracy", "measure": m,
-             "ci_low": 2.0, "ci_high": 18.0, "p_holm": 0.01}
+             "ci_low": 2.0, "ci_high": 18.0, "p_holm": 0.01, "verdict": "higher"}
             for m in MEASURES
         ]
     )  # fmt: skip
     table = compare_seeds(summary, BASELINE, by_seed=by_seed).set_index("measure")
     assert table.loc["AP", "n"] == 1 and table.loc["AP", "verdict"] == "higher"
     assert table.loc["AP", "basis"].startswith("paired bootstrap")
+
+
+def test_equal_differences_in_every_seed_need_every_seeds_bootstrap():
+    # +2 in both seeds: the t-test is undefined, so the per-seed bootstraps decide
+    summary = _summary({("inclora", "original"): [50.0, 40.0], ("inclora", "sapo"): [52.0, 42.0]})
+    rows = []
+    for seed, verdict in ((0, "higher"), (1, "within noise")):
+        for m in MEASURES:
+            rows.append(
+                {"sequence": "s", "method": "inclora", "strategy": "sapo", "seed": seed,
+                 "protocol": "original_prompt", "metric": "label_accuracy", "measure": m,
+                 "ci_low": -1.0 + seed, "ci_high": 5.0 + seed, "p_holm": 0.01 + seed,
+                 "verdict": verdict}
+            )  # fmt: skip
+    table = compare_seeds(summary, BASELINE, by_seed=pd.DataFrame(rows)).set_index("measure")
+    ap = table.loc["AP"]
+    assert ap["n"] == 2 and ap["diff"] == 2.0 and np.isnan(ap["p"])
+    assert ap["verdict"] == "within noise"  # seed 1's bootstrap does not agree
+    assert (ap["ci_low"], ap["ci_high"], ap["p_holm"]) == (-1.0, 6.0, 1.01)
+    assert ap["basis"] == "paired bootstrap over instances (each of 2 seeds)"
+    rows = [dict(r, verdict="higher") for r in rows]
+    table = compare_seeds(summary, BASELINE, by_seed=pd.DataFrame(rows)).set_index("measure")
+    assert table.loc["AP", "verdict"] == "higher"

@@ -10,8 +10,9 @@ all configurations and measures):
   and recomputes each measure from the resampled R.
 
 A difference is called "higher" or "lower" only when its Holm-adjusted p-value is below
-1 − level (then its interval excludes 0); otherwise it is "within noise". With one seed the
-verdict rests on the bootstrap, with more on the t-test.
+1 − level (then its interval excludes 0); otherwise it is "within noise". With two or more seeds
+the verdict rests on the t-test; with one seed, or when every seed gave the same difference (the
+t-test is then undefined), on the bootstraps: every seed's must agree.
 """
 
 from __future__ import annotations
@@ -85,8 +86,8 @@ def compare_seeds(
     """Each configuration against the baseline (method, strategy) of its sequence, paired
     across the seeds both ran: mean difference with its t interval, t, p and Holm's p.
 
-    ``by_seed`` (from :func:`compare_instances`) supplies the verdict when only one seed is
-    shared; with two or more the t-test decides."""
+    ``by_seed`` (from :func:`compare_instances`) supplies the verdict where the t-test has no
+    p-value: one shared seed, or the same difference in every seed."""
     rows = []
     is_base = (summary["method"] == baseline["method"]) & (
         summary["strategy"] == baseline["strategy"]
@@ -127,23 +128,38 @@ def compare_seeds(
     ]  # fmt: skip
     table = pd.DataFrame(rows, columns=columns)
     table["p_holm"] = _family_holm(table, ["protocol", "metric"], "p") if len(table) else []
-    table["basis"] = np.where(table["n"] >= 2, "paired t over seeds", "")
-    if by_seed is not None and len(table):
-        single = table["n"] == 1
-        keys = [*CONFIGURATION, "protocol", "metric", "measure"]
-        boot = by_seed.set_index(keys)
-        for i in table.index[single]:
-            key = tuple(table.loc[i, keys])
-            if key in boot.index:
-                hit = boot.loc[[key]].iloc[0]
-                table.loc[i, ["ci_low", "ci_high", "p_holm"]] = [
-                    hit["ci_low"], hit["ci_high"], hit["p_holm"]
-                ]  # fmt: skip
-                table.loc[i, "basis"] = f"paired bootstrap over instances (seed {hit['seed']})"
+    table["basis"] = np.where(table["p"].notna(), "paired t over seeds", "")
     table["verdict"] = [
         verdict(d, p, level) for d, p in zip(table["diff"], table["p_holm"], strict=True)
     ]
+    if by_seed is not None and len(table):
+        _bootstrap_verdicts(table, by_seed)
     return table
+
+
+def _bootstrap_verdicts(table: pd.DataFrame, by_seed: pd.DataFrame) -> None:
+    """Where the t-test gives no p (one seed, or the same difference in every seed), the
+    per-seed bootstraps decide: higher/lower only if every seed's says so, else within noise;
+    the interval is the envelope of the seeds' intervals, p the largest Holm p."""
+    keys = [*CONFIGURATION, "protocol", "metric", "measure"]
+    boot = by_seed.set_index(keys).sort_index()
+    for i in table.index[table["p"].isna() & (table["n"] >= 1)]:
+        key = tuple(table.loc[i, keys])
+        seeds = [int(s) for s in str(table.loc[i, "seeds"]).split(",")]
+        if key not in boot.index:
+            continue
+        hits = boot.loc[[key]]
+        hits = hits[hits["seed"].isin(seeds)]
+        if hits.empty:
+            continue
+        verdicts = set(hits["verdict"])
+        table.loc[i, "ci_low"] = hits["ci_low"].min()
+        table.loc[i, "ci_high"] = hits["ci_high"].max()
+        table.loc[i, "p_holm"] = hits["p_holm"].max()
+        single = len(verdicts) == 1 and verdicts <= {"higher", "lower"}
+        table.loc[i, "verdict"] = verdicts.pop() if single else "within noise"
+        where = f"seed {hits['seed'].iloc[0]}" if len(hits) == 1 else f"each of {len(hits)} seeds"
+        table.loc[i, "basis"] = f"paired bootstrap over instances ({where})"
 
 
 # --- within a seed: the paired bootstrap over test instances --------------------------------------

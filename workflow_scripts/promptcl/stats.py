@@ -159,8 +159,9 @@ def t_interval(values: Sequence[float], level: float = LEVEL) -> dict[str, float
 
 def paired_t_test(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> dict[str, float]:
     """a − b paired by position (seeds): the mean difference, its SD and t interval, t and the
-    two-sided p-value (as scipy.stats.ttest_rel); p is NaN for fewer than 2 pairs and 1 or 0
-    when every difference is equal."""
+    two-sided p-value (as scipy.stats.ttest_rel). t and p are NaN for fewer than 2 pairs, and
+    when every difference is equal: scipy then reports p = 0, but with few seeds and discrete
+    scores equal differences are a coincidence, not infinite evidence."""
     from scipy import stats as st
 
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
@@ -174,12 +175,7 @@ def paired_t_test(a: Sequence[float], b: Sequence[float], level: float = LEVEL) 
     if n < 2:
         return {**row, "t": np.nan, "p": np.nan}
     if row["sd"] == 0:
-        same = row["diff"] == 0
-        return {
-            **row,
-            "t": np.nan if same else np.copysign(np.inf, row["diff"]),
-            "p": 1.0 if same else 0.0,
-        }
+        return {**row, "ci_low": np.nan, "ci_high": np.nan, "t": np.nan, "p": np.nan}
     t = row["diff"] / (row["sd"] / np.sqrt(n))
     return {**row, "t": float(t), "p": float(2 * st.t.sf(abs(t), n - 1))}
 
