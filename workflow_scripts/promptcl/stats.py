@@ -174,7 +174,7 @@ def paired_t_test(a: Sequence[float], b: Sequence[float], level: float = LEVEL) 
     n = row["n"]
     if n < 2:
         return {**row, "t": np.nan, "p": np.nan}
-    if row["sd"] == 0:
+    if row["sd"] <= 1e-9 * max(1.0, abs(row["diff"])):  # equal up to float rounding
         return {**row, "ci_low": np.nan, "ci_high": np.nan, "t": np.nan, "p": np.nan}
     t = row["diff"] / (row["sd"] / np.sqrt(n))
     return {**row, "t": float(t), "p": float(2 * st.t.sf(abs(t), n - 1))}
