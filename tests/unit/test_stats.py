@@ -126,8 +126,14 @@ def test_holm_on_a_hand_example():
     np.testing.assert_allclose(adjusted, expected)
 
 
-def test_bootstrap_p_counts_both_tails():
+def test_bootstrap_p_is_the_normal_approximation_with_the_bootstrap_se():
     from promptcl.stats import bootstrap_p
 
-    assert bootstrap_p(np.array([1.0] * 99)) == pytest.approx(2 / 100)
-    assert bootstrap_p(np.array([-1.0] * 49 + [1.0] * 50)) == pytest.approx(1.0)
+    draws = np.random.default_rng(0).normal(1.0, 0.5, size=4000)
+    se = draws.std(ddof=1)
+    assert bootstrap_p(draws, 1.0) == pytest.approx(2 * sp.norm.sf(1.0 / se))
+    assert bootstrap_p(draws, 0.0) == pytest.approx(1.0)
+    # far below 2 / (B + 1): Holm over many comparisons stays possible
+    assert bootstrap_p(draws, 4.0) < 1e-10
+    assert np.isnan(bootstrap_p(np.array([2.0] * 50), 2.0))  # no variation: no test
+    assert bootstrap_p(np.zeros(50), 0.0) == 1.0  # identical runs

@@ -7,7 +7,8 @@ all configurations and measures):
 * across seeds: a paired t-test on the per-seed differences of a measure (needs 2+ seeds);
 * within a seed: a paired bootstrap over test instances. Both runs scored the same items, so
   each resample draws the same instances of every task for both runs and for every row of R,
-  and recomputes each measure from the resampled R.
+  and recomputes each measure from the resampled R (percentile interval; p from the normal
+  approximation with the bootstrap SE, which has no 2/(B+1) floor for Holm to trip on).
 
 A difference is called "higher" or "lower" only when its Holm-adjusted p-value is below
 1 − level (then its interval excludes 0); otherwise it is "within noise". With two or more seeds
@@ -294,7 +295,7 @@ def compare_instances(
                             "diff": point_a[measure] - point_b[measure],
                             "ci_low": low,
                             "ci_high": high,
-                            "p": stats.bootstrap_p(d),
+                            "p": stats.bootstrap_p(d, point_a[measure] - point_b[measure]),
                             "resamples": resamples,
                         }
                     )
