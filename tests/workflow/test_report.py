@@ -20,7 +20,8 @@ ARTIFACTS = REPO / "test-artifacts"
 PAGES = {
     "Runs": [(run, None, 3) for run in RUNS],  # matrix, forgetting, loss
     "SAPO choices": [("tiny-inclora-sapo-s0", "1", 1), ("tiny-inclora-sapo-s0", "2", 1)],
-    "Runs compared": [(None, None, 3)],  # one per metric
+    # one per metric, and the paired differences from the baseline (label accuracy, ROUGE-L)
+    "Runs compared": [(None, None, 5)],
     "Prompt-impact study": [(None, None, 4)],  # the four analyses
 }
 
@@ -44,6 +45,7 @@ def test_every_figure_is_in_the_report(studied):
     figures += [
         f"results/figures/runs_{m}.png" for m in ("rougeL", "label_accuracy", "exact_match")
     ]
+    figures += [f"results/figures/baseline_{m}.png" for m in ("label_accuracy", "rougeL")]
     figures += [
         f"results/study/figures/{a}.png"
         for a in ("spread", "outcome_correlations", "predictors", "gradient_cosines")
