@@ -56,6 +56,17 @@ class Method:
     def check_launch(self, train: TrainSpec) -> None:
         """Refuse launches the method cannot run under (e.g. a DeepSpeed stage), by config key."""
 
+    def _refuse_zero3(self, train: TrainSpec, reads: str) -> None:
+        """ZeRO-3 shards the LoRA weights a penalty reads outside the forward pass."""
+        from ..trainer import zero_stage
+
+        if train.deepspeed and zero_stage(train.deepspeed) == 3:
+            raise ValueError(
+                f"training.deepspeed: {train.deepspeed} is ZeRO-3, which shards the {reads} "
+                f"the {self.name} penalty reads outside the forward pass; "
+                "use config/deepspeed/zero2.json"
+            )
+
     def build_model(
         self,
         model_dir: Path,

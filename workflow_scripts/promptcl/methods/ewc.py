@@ -154,13 +154,7 @@ class EWC(SeqLoRA):
         EwcSpec.from_config(config["ewc"])
 
     def check_launch(self, train) -> None:
-        from ..trainer import zero_stage
-
-        if train.deepspeed and zero_stage(train.deepspeed) == 3:
-            raise ValueError(
-                f"training.deepspeed: {train.deepspeed} is ZeRO-3, which shards the LoRA weights "
-                "the EWC penalty reads outside the forward pass; use config/deepspeed/zero2.json"
-            )
+        self._refuse_zero3(train, "LoRA weights")
 
     def penalty(self, stage: int, options: dict, previous=()):
         from ..modeling import adapter_name

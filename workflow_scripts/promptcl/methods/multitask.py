@@ -8,10 +8,12 @@ AP (and the unseen-task mean) is defined, the metrics that need intermediate row
 
 from __future__ import annotations
 
-from .base import Method, _base
+from .single import Single
 
 
-class Multitask(Method):
+class Multitask(Single):
+    """A new LoRA on the base model, as ``single``, trained once on every task."""
+
     name = "multitask"
 
     def trained_stages(self, stages: int) -> list[int]:
@@ -19,17 +21,3 @@ class Multitask(Method):
 
     def joint_stages(self, stage: int) -> list[int]:
         return list(range(1, stage))
-
-    def state_before(self, stage: int) -> list[int]:
-        return []
-
-    def state_after(self, stage: int) -> list[int]:
-        return [stage]
-
-    def build_model(
-        self, model_dir, previous, lora, stage, precision="fp32", trust_remote_code=False, seed=0
-    ):
-        from ..adapters import new_lora
-
-        self._check_previous(stage, previous)
-        return new_lora(_base(model_dir, precision, trust_remote_code, seed), lora, stage)

@@ -217,14 +217,7 @@ class OLoRA(IncLoRA):
         OLoraSpec.from_config(config["olora"])
 
     def check_launch(self, train) -> None:
-        from ..trainer import zero_stage
-
-        if train.deepspeed and zero_stage(train.deepspeed) == 3:
-            raise ValueError(
-                f"training.deepspeed: {train.deepspeed} is ZeRO-3, which shards the LoRA A "
-                "matrices that the O-LoRA penalty reads outside the forward pass; "
-                "use config/deepspeed/zero2.json"
-            )
+        self._refuse_zero3(train, "LoRA A matrices")
 
     def penalty(self, stage: int, options: dict, previous=()):
         from ..modeling import adapter_name
