@@ -64,3 +64,38 @@ def test_precision_resolution():
     assert resolve_precision("auto") in ("fp32", "bf16")
     with pytest.raises(ValueError, match="model.precision"):
         resolve_precision("fp8")
+
+
+def test_cpu_training_attention_is_exact_for_short_and_long_keys(tiny_model_dir, monkeypatch):
+    """``attn_implementation: auto`` trains on a CPU with promptcl's length dispatch: eager
+    attention for short keys, SDPA beyond EAGER_MAX_KEYS; both give the eager and SDPA
+    logits of a left-padded batch."""
+    import torch
+
+    from promptcl import attention
+    from promptcl.batching import left_pad, positions
+    from promptcl.devices import resolve_attention
+    from promptcl.modeling import load_state, use_attention
+
+    assert resolve_attention("auto", training=True, device_type="cpu") == attention.NAME
+    assert resolve_attention("auto", training=False, device_type="cpu") == "sdpa"
+    assert resolve_attention("auto", training=True, device_type="cuda") == "sdpa"
+    assert resolve_attention("eager", training=False) == "eager"
+    with pytest.raises(ValueError, match="model.attn_implementation"):
+        resolve_attention("flash", training=True)
+    model = load_state(tiny_model_dir)
+    ids, mask = left_pad([[5, 6, 7, 8, 9, 10, 11, 12], [13, 14, 15]], 0)
+
+    def logits(name: str) -> torch.Tensor:
+        use_attention(model, name, training=True)
+        with torch.no_grad():
+            return model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits
+
+    eager, sdpa = logits("eager"), logits("sdpa")
+    real = mask.bool()
+    short = logits("auto")
+    monkeypatch.setattr(attention, "EAGER_MAX_KEYS", 4)  # the same batch through SDPA
+    long = logits("auto")
+    for ours in (short, long):
+        torch.testing.assert_close(ours[real], eager[real], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ours[real], sdpa[real], rtol=1e-5, atol=1e-5)

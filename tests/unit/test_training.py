@@ -261,7 +261,7 @@ def test_left_padded_answer_logits_give_the_full_loss_and_gradients(tiny_model_d
     """Training projects only the answer positions to the vocabulary (left padding, position
     ids from the mask, logits_to_keep): the same loss and gradients as the full right-padded
     computation."""
-    from promptcl.batching import answer_window
+    from promptcl.batching import answer_window, crop_to_answers
 
     examples = encode_table(
         tiny_tokenizer, FMT, table(4, "yes").assign(input=["a", "b c d e f g", "h i", "j k l"])
@@ -278,7 +278,8 @@ def test_left_padded_answer_logits_give_the_full_loss_and_gradients(tiny_model_d
     left = PadCollator(tiny_tokenizer.pad_token_id, left=True)(examples)
     keep = answer_window(left["labels"])
     assert keep < left["labels"].shape[1] // 2, "only the answer window is projected"
-    cropped = {**left, "labels": left["labels"][:, -keep:], "logits_to_keep": keep}
+    cropped = crop_to_answers(left)
+    assert cropped["labels"].shape[1] == keep
     loss, grads = loss_and_grads(cropped)
     assert loss == pytest.approx(full_loss, rel=1e-5)
     for name, grad in grads.items():

@@ -30,6 +30,22 @@ def left_pad(seqs: Sequence[list[int]], value: int) -> tuple[torch.Tensor, torch
     return pad(seqs, value, "left")
 
 
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices of sequences grouped longest first into batches of at most ``batch_size`` rows
+    and at most ``batch_size`` × the median length padded tokens (one long outlier no longer
+    pads fifteen short prompts to its length: a batch holding it has fewer rows)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    if not order:
+        return []
+    budget = batch_size * sorted(lengths)[len(lengths) // 2]
+    batches, start = [], 0
+    while start < len(order):
+        rows = max(1, min(batch_size, budget // max(lengths[order[start]], 1)))
+        batches.append(order[start : start + rows])
+        start += rows
+    return batches
+
+
 def positions(mask: torch.Tensor) -> torch.Tensor:
     """Position ids that follow the attention mask: a left-padded row starts at 0 like an
     unpadded one, so its scores do not depend on how many pads its batch gives it."""
@@ -55,6 +71,26 @@ class PadCollator:
         if self.side == "left":
             out["position_ids"] = positions(mask)
         return out
+
+
+def last_positions(width: int, keep: int, device=None) -> torch.Tensor:
+    """``logits_to_keep`` as the indices of the last ``keep`` positions, not the int ``keep``.
+
+    The int slices the hidden states into a non-contiguous view, which the CPU matmul serves by
+    broadcasting the whole vocabulary matrix over the batch (a copy of it per row, forward and
+    backward: a quarter of a training step on the default model); indexing gathers a
+    contiguous tensor and the projection stays one matrix product. Same logits either way."""
+    return torch.arange(width - keep, width, device=device)
+
+
+def crop_to_answers(batch: dict[str, torch.Tensor], indices: bool = True) -> dict:
+    """A training batch whose loss projects only the answer window to the vocabulary: labels
+    cropped to it and ``logits_to_keep`` naming its positions (``indices=False``: the window's
+    length, the slower slicing kept for A/B benchmarks); the loss is unchanged."""
+    labels = batch["labels"]
+    keep = answer_window(labels)
+    kept = last_positions(labels.shape[1], keep, labels.device) if indices else keep
+    return {**batch, "labels": labels[:, -keep:], "logits_to_keep": kept}
 
 
 def answer_window(labels: torch.Tensor) -> int:

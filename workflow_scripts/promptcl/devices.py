@@ -21,6 +21,28 @@ def resolve_precision(precision: str) -> str:
         return "fp32"
 
 
+ATTENTION = ("auto", "eager", "sdpa", "flash_attention_2")
+
+
+def resolve_attention(name: str, training: bool, device_type: str | None = None) -> str:
+    """``auto`` → the attention kernel measured fastest for the phase on the device.
+
+    CUDA: sdpa (flash/memory-efficient kernels) for both phases. CPU: sdpa for inference; for
+    training, :mod:`promptcl.attention` (eager for short keys, where the CPU flash-attention
+    backward alone took 18% of a LoRA step, sdpa for long ones); the benchmark
+    benchmarks/model_throughput.py prints the A/B."""
+    if name not in ATTENTION:
+        raise ValueError(f"model.attn_implementation: expected one of {ATTENTION}, got '{name}'")
+    if name != "auto":
+        return name
+    device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
+    if training and device_type == "cpu":
+        from .attention import register
+
+        return register()
+    return "sdpa"
+
+
 def torch_dtype(precision: str) -> torch.dtype:
     return torch.bfloat16 if precision == "bf16" else torch.float32
 

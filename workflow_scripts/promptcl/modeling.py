@@ -252,6 +252,19 @@ def load_state(
     return model
 
 
+def use_attention(model, name: str = "auto", training: bool = False) -> str:
+    """Switch a loaded model (or a PEFT model around it) to an attention implementation
+    (``model.attn_implementation``); returns the one in use."""
+    from .devices import resolve_attention
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    device_type = next(base.parameters()).device.type
+    wanted = resolve_attention(name, training, device_type)
+    if base.config._attn_implementation != wanted:
+        base.set_attn_implementation(wanted)
+    return base.config._attn_implementation
+
+
 def read_adapter_config(adapter_dir: Path) -> dict:
     with open(adapter_dir / "adapter_config.json") as fh:
         return json.load(fh)

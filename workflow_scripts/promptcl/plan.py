@@ -131,11 +131,13 @@ class WorkflowPlan:
 
     def model_params(self) -> dict:
         model = self.config["model"]
-        return {"trust_remote_code": model["trust_remote_code"], "precision": model["precision"]}
+        return {k: model[k] for k in ("trust_remote_code", "precision", "attn_implementation")}
 
     def model_source_params(self) -> dict:
-        """What decides the converted/linked model folder (not precision, which is per job)."""
-        params = {k: v for k, v in self.config["model"].items() if k != "precision"}
+        """What decides the converted/linked model folder (not precision or the attention
+        kernel, which are per job)."""
+        per_job = ("precision", "attn_implementation")
+        params = {k: v for k, v in self.config["model"].items() if k not in per_job}
         if self.model_file is not None:
             params["path"] = str(self.model_file)
         return params

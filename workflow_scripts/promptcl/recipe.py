@@ -22,7 +22,7 @@ from .batching import PadCollator
 from .data import MixedDataset, PromptedDataset
 from .job import StageJob, StageSpec
 from .launch import is_main_process, preemption_guard, world_size
-from .modeling import adapter_name, load_tokenizer
+from .modeling import adapter_name, load_tokenizer, use_attention
 from .strategies import PlanContext, TrainingPlan
 from .trainer import StageResult, fit
 
@@ -90,6 +90,8 @@ def set_up(spec: StageSpec) -> Setup:
         job.model["trust_remote_code"],
         spec.seed[0],
     )
+    attention = use_attention(model, job.model.get("attn_implementation", "auto"), training=True)
+    log.info("attention implementation for training: %s", attention)
     tokenizer = load_tokenizer(Path(job.model_dir), job.model["trust_remote_code"])
     candidates = pd.read_parquet(job.candidates)
     scores = pd.read_parquet(job.scores) if job.scores else None

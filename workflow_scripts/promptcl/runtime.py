@@ -54,7 +54,7 @@ def load_job_state(snakemake, merge: bool = False):
     """(model on its device, tokenizer, precision) for the model state named by a job's inputs;
     ``merge`` folds the frozen LoRAs into the weights (evaluation: base-model speed)."""
     from .devices import default_device, resolve_precision
-    from .modeling import load_state, load_tokenizer
+    from .modeling import load_state, load_tokenizer, use_attention
 
     options = snakemake.params.model
     precision = resolve_precision(options["precision"])
@@ -62,4 +62,5 @@ def load_job_state(snakemake, merge: bool = False):
     model_dir = Path(snakemake.input.model)
     adapters = [Path(a) for a in input_list(snakemake.input.get("adapters", []))]
     model = load_state(model_dir, adapters, precision, trust, merge=merge).to(default_device())
+    use_attention(model, options.get("attn_implementation", "auto"), training=False)
     return model, load_tokenizer(model_dir, trust), precision

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .batching import left_pad, positions
+from .batching import last_positions, left_pad, positions
 from .inference import autocast
 from .prompting import IGNORE_INDEX, PromptFormat, encode_rows
 from .strategies import CRITERIA
@@ -73,7 +73,7 @@ def answer_logits(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
             position_ids=positions(mask).to(device),
-            logits_to_keep=keep,
+            logits_to_keep=last_positions(ids.shape[1], keep, device),
         )
     logits = out.logits[:, -keep:-1].float()  # position t predicts token t+1
     return logits, labels[:, -answer_len:].to(device), mask

@@ -18,13 +18,17 @@ import pandas as pd
 import torch
 
 from .adapters import trainable_adapter
-from .batching import PadCollator, answer_window
+from .batching import PadCollator, crop_to_answers
 from .data import epoch_tracker
 from .launch import TrainingInterrupted, preemption_guard, world_size
 from .prompting import IGNORE_INDEX
 from .specs import TrainSpec, accumulation_steps
 
 log = logging.getLogger(__name__)
+
+#: ``logits_to_keep`` as position indices (see :func:`promptcl.batching.last_positions`); False
+#: restores the earlier int slicing for the A/B of benchmarks/model_throughput.py
+LOGITS_AS_INDICES = True
 
 #: model -> (penalty as a scalar tensor, its parts as floats for the training log)
 Penalty = Callable[[object], tuple[torch.Tensor, dict[str, float]]]
@@ -87,8 +91,7 @@ def _make_trainer_class():
             self._answer_tokens += int((inputs["labels"] != IGNORE_INDEX).sum())
             # project to the vocabulary only where labels exist: the loss is the same, and the
             # full projection and its log-softmax were a third of a step's time
-            keep = answer_window(inputs["labels"])
-            inputs = {**inputs, "labels": inputs["labels"][:, -keep:], "logits_to_keep": keep}
+            inputs = crop_to_answers(inputs, indices=LOGITS_AS_INDICES)
             term = self.loss_term if model.training else None
             loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
             if (self.penalty is None and term is None) or not model.training:
