@@ -1,8 +1,17 @@
-"""Throughput of the default model on this machine: training, prefill and decode tokens/s, memory.
+"""Throughput of the default model on this machine: training, prefill and decode tokens/s,
+model-FLOP utilisation (MFU) and memory, each phase A/B against the earlier path in the same run.
 
 Prints figures (it asserts nothing), so later work can be compared against them:
 
     .venv/bin/python benchmarks/model_throughput.py [--precision auto|bf16|fp32] [--model DIR]
+
+MFU = model FLOPs per second / the matmul rate this process measures first (bf16 and fp32,
+2048×2048×2048 and 1600×576×576 products; the reference is the higher of the two in the
+compute precision). Model FLOPs: 4N per trained token (forward 2N + input gradients 2N; the
+frozen weights get no gradient), 2N per prefilled, scored or decoded token, N = every parameter
+of the base model (embeddings included). A/B: ``legacy`` is the path before the speed work
+(SDPA attention and sliced answer logits for training, ``model.generate`` for decoding),
+``current`` the default one; the loss curves of both are compared step by step.
 
 Uses results/model/hf when the workflow has prepared it, else converts the embedded model once
 into results/benchmarks/model_hf. Writes the figures to results/benchmarks/model_throughput.json.
@@ -24,12 +33,19 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow_scripts"))
 
-from promptcl.batching import left_pad  # noqa: E402
+from promptcl import trainer as trainer_module  # noqa: E402
+from promptcl.batching import left_pad, positions  # noqa: E402
 from promptcl.data import encode_table  # noqa: E402
 from promptcl.devices import resolve_precision  # noqa: E402
-from promptcl.inference import generate  # noqa: E402
+from promptcl.inference import generate, greedy_tokens  # noqa: E402
 from promptcl.methods import build_stage_model  # noqa: E402
-from promptcl.modeling import ModelSpec, load_state, load_tokenizer, prepare_model  # noqa: E402
+from promptcl.modeling import (  # noqa: E402
+    ModelSpec,
+    load_state,
+    load_tokenizer,
+    prepare_model,
+    use_attention,
+)
 from promptcl.prompting import PromptFormat, encode  # noqa: E402
 from promptcl.specs import LoraSpec, TrainSpec  # noqa: E402
 from promptcl.tasks import TaskSource, read_split, resolve_task  # noqa: E402
@@ -54,21 +70,79 @@ def task_table(n: int):
     return read_split(resolve_task("task195", sources), "train").head(n)
 
 
-def bench_training(folder: Path, tokenizer, precision: str, n: int, batch: int) -> dict:
+def matmul_rates(threads: int) -> dict[str, float]:
+    """TFLOP/s of bf16 and fp32 matrix products on this machine, now, with these threads."""
+    rates = {}
+    for dtype, tag in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
+        for m, k, n in ((2048, 2048, 2048), (1600, 576, 576)):
+            a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+            for _ in range(3):
+                a @ b
+            reps = max(3, int(2e10 / (2 * m * k * n)))
+            started = time.perf_counter()
+            for _ in range(reps):
+                a @ b
+            seconds = time.perf_counter() - started
+            rates[f"matmul_{tag}_{m}x{k}x{n}_tflops"] = round(
+                2 * m * k * n * reps / seconds / 1e12, 3
+            )
+    return rates
+
+
+def peak(rates: dict[str, float], precision: str) -> float:
+    """The reference rate of MFU: the best measured product in the compute precision."""
+    return max(v for k, v in rates.items() if k.startswith(f"matmul_{precision}_"))
+
+
+def mfu(tokens_per_s: float, flops_per_token: float, peak_tflops: float) -> float:
+    return round(tokens_per_s * flops_per_token / (peak_tflops * 1e12), 3)
+
+
+def train_once(folder: Path, tokenizer, precision: str, examples, batch: int, legacy: bool):
     model = build_stage_model(folder, [], LoraSpec(), 1, precision)
-    examples = encode_table(tokenizer, PromptFormat(), task_table(n))
+    use_attention(model, "sdpa" if legacy else "auto", training=True)
     spec = TrainSpec(batch_size=batch, save_steps=10_000, seed=0, precision=precision)
-    with tempfile.TemporaryDirectory() as state:
-        result = fit(model, tokenizer, examples, spec, Path(state))
-    return {
-        "train_examples": n,
-        "train_tokens": result.info["tokens"],
-        "train_seconds": result.info["train_seconds"],
-        "train_tokens_per_s": result.info["tokens_per_second"],
-    }
+    trainer_module.LOGITS_AS_INDICES = not legacy
+    try:
+        with tempfile.TemporaryDirectory() as state:
+            return fit(model, tokenizer, examples, spec, Path(state))
+    finally:
+        trainer_module.LOGITS_AS_INDICES = True
 
 
-def bench_inference(folder: Path, tokenizer, precision: str, n: int, batch: int, new: int) -> dict:
+def bench_training(
+    folder: Path, tokenizer, precision: str, n: int, batch: int, peak_tflops: float, params: int
+) -> dict:
+    examples = encode_table(tokenizer, PromptFormat(), task_table(n))
+    figures: dict = {"train_examples": n}
+    curves = {}
+    for name, legacy in (("legacy", True), ("current", False)):
+        result = train_once(folder, tokenizer, precision, examples, batch, legacy)
+        rate = result.info["tokens_per_second"]
+        curves[name] = result.log["loss"].to_numpy()
+        figures[f"train_{name}_tokens"] = result.info["tokens"]
+        figures[f"train_{name}_seconds"] = result.info["train_seconds"]
+        figures[f"train_{name}_tokens_per_s"] = rate
+        figures[f"train_{name}_mfu"] = mfu(rate, 4 * params, peak_tflops)
+    figures["train_speedup"] = round(
+        figures["train_current_tokens_per_s"] / figures["train_legacy_tokens_per_s"], 2
+    )
+    figures["train_loss_curve_max_abs_diff"] = float(
+        f"{abs(curves['current'] - curves['legacy']).max():.2e}"
+    )
+    return figures
+
+
+def bench_inference(
+    folder: Path,
+    tokenizer,
+    precision: str,
+    n: int,
+    batch: int,
+    new: int,
+    peak_tflops: float,
+    params: int,
+) -> dict:
     model = load_state(folder, (), precision)
     fmt = PromptFormat()
     prompts = [
@@ -78,13 +152,15 @@ def bench_inference(folder: Path, tokenizer, precision: str, n: int, batch: int,
     autocast = torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16")
     batches = [left_pad(prompts[i : i + batch], tokenizer.pad_token_id) for i in range(0, n, batch)]
 
-    def run(new_tokens: int | None) -> float:
+    def run(new_tokens: int | None, decoder: str = "loop") -> float:
         """Seconds for all batches: a forward pass (None) or generating exactly new_tokens."""
         started = time.perf_counter()
         with torch.inference_mode(), autocast:
             for ids, mask in batches:
                 if new_tokens is None:
-                    model(input_ids=ids, attention_mask=mask)
+                    model(input_ids=ids, attention_mask=mask, position_ids=positions(mask))
+                elif decoder == "loop":
+                    greedy_tokens(model, ids, mask, new_tokens, stops=[])  # no stop: all steps
                 else:
                     model.generate(
                         input_ids=ids,
@@ -99,21 +175,32 @@ def bench_inference(folder: Path, tokenizer, precision: str, n: int, batch: int,
     run(None)  # warm-up: first calls pay for kernel selection and allocation
     prompt_tokens = sum(int(mask.sum()) for _, mask in batches)
     prefill_s = run(None)
-    # decode rate from the difference of two generation lengths, so prefill cancels out
-    one_s, full_s = run(1), run(new)
-    decode_s = max(full_s - one_s, 1e-9)
-    # the evaluation path as the workflow runs it (stops at end of turn)
-    started = time.perf_counter()
-    generate(model, tokenizer, prompts, 16, batch, precision)
-    eval_s = time.perf_counter() - started
-    return {
+    prefill_rate = prompt_tokens / prefill_s
+    figures = {
         "prefill_prompts": n,
         "prefill_tokens": prompt_tokens,
-        "prefill_tokens_per_s": round(prompt_tokens / prefill_s, 1),
+        "prefill_tokens_per_s": round(prefill_rate, 1),
+        "prefill_mfu": mfu(prefill_rate, 2 * params, peak_tflops),
+        "decode_batch_size": batch,
         "decode_new_tokens_per_prompt": new,
-        "decode_tokens_per_s": round(n * (new - 1) / decode_s, 1),
-        "eval_seconds_per_64_prompts": round(eval_s * 64 / n, 1),
     }
+    for name, decoder in (("legacy", "hf"), ("current", "loop")):
+        run(2, decoder)  # warm-up
+        # decode rate from the difference of two generation lengths, so prefill cancels out
+        one_s, full_s = run(1, decoder), run(new, decoder)
+        rate = n * (new - 1) / max(full_s - one_s, 1e-9)
+        figures[f"decode_{name}_tokens_per_s"] = round(rate, 1)
+        figures[f"decode_{name}_mfu"] = mfu(rate, 2 * params, peak_tflops)
+        # the evaluation path as the workflow runs it (stops at end of turn)
+        started = time.perf_counter()
+        generate(model, tokenizer, prompts, 16, batch, precision, decoder=decoder)
+        figures[f"eval_{name}_seconds_per_64_prompts"] = round(
+            (time.perf_counter() - started) * 64 / n, 1
+        )
+    figures["decode_speedup"] = round(
+        figures["decode_current_tokens_per_s"] / figures["decode_legacy_tokens_per_s"], 2
+    )
+    return figures
 
 
 def main() -> None:
@@ -139,15 +226,39 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
-    figures |= bench_training(folder, tokenizer, precision, args.train_examples, 8)
+    rates = matmul_rates(args.threads)
+    reference = peak(rates, precision)
+    params = n_parameters(folder)
+    figures |= rates
+    figures |= {
+        "mfu_reference_tflops": reference,
+        "model_parameters": params,
+        "flop_convention": "4N per trained token, 2N per prefilled/decoded token",
+    }
+    figures |= bench_training(
+        folder, tokenizer, precision, args.train_examples, 8, reference, params
+    )
     figures |= bench_inference(
-        folder, tokenizer, precision, args.prompts, args.batch_size, args.new_tokens
+        folder,
+        tokenizer,
+        precision,
+        args.prompts,
+        args.batch_size,
+        args.new_tokens,
+        reference,
+        params,
     )
     figures["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     if torch.cuda.is_available():
         figures["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     out = report(figures, "model_throughput", args.output)
     print(f"(written to {out})")
+
+
+def n_parameters(folder: Path) -> int:
+    """N of the FLOP convention: every parameter of the base model."""
+    model = load_state(folder, (), "fp32")
+    return sum(p.numel() for p in model.parameters())
 
 
 def report(figures: dict, name: str, out: Path | None = None) -> Path:

@@ -2,7 +2,9 @@
 
 The baseline scores one candidate at a time, in data order, every batch padded to the longest
 sequence of the whole set, with full-vocabulary logits (what a straightforward implementation
-does). Both compute the same losses; the figures are tokens/s of real (non-pad) tokens.
+does). Both compute the same losses; the figures are tokens/s of real (non-pad) tokens, and MFU (2N
+model FLOPs per scored token, N = every base-model parameter) against the matmul rate this
+process measures first.
 
     .venv/bin/python benchmarks/scoring_throughput.py [--task task1310] [--instances 32]
 """
@@ -20,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow_scripts"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from model_throughput import model_dir, report  # noqa: E402
+from model_throughput import matmul_rates, mfu, model_dir, n_parameters, peak, report  # noqa: E402
 
 from promptcl.devices import resolve_precision  # noqa: E402
 from promptcl.inference import autocast  # noqa: E402
@@ -100,8 +102,14 @@ def main() -> None:
     naive_s = time.perf_counter() - started
     fast_losses = dict(zip(fast["candidate_id"], fast["mean_token_loss"], strict=True))
     diff = max(abs(slow[c] - v) for c, v in fast_losses.items())
+    rates = matmul_rates(torch.get_num_threads())
+    reference = peak(rates, precision)
+    params = n_parameters(folder)
     figures = {
         "precision": precision,
+        **rates,
+        "mfu_reference_tflops": reference,
+        "model_parameters": params,
         "task": args.task,
         "candidates": len(candidates),
         "instances": len(table),
@@ -109,8 +117,10 @@ def main() -> None:
         "real_tokens": real_tokens,
         "batched_seconds": round(fast_s, 2),
         "batched_tokens_per_s": round(real_tokens / fast_s, 1),
+        "batched_mfu": mfu(real_tokens / fast_s, 2 * params, reference),
         "naive_seconds": round(naive_s, 2),
         "naive_tokens_per_s": round(real_tokens / naive_s, 1),
+        "naive_mfu": mfu(real_tokens / naive_s, 2 * params, reference),
         "speedup": round(naive_s / fast_s, 2),
         "max_loss_difference": float(f"{diff:.2e}"),
     }

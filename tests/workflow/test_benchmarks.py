@@ -31,7 +31,7 @@ def test_scoring_benchmark_runs(tiny_model_dir, tmp_path):
     )
     figures = json.loads((tmp_path / "s.json").read_text())
     assert figures["batched_tokens_per_s"] > 0 and figures["max_loss_difference"] < 1e-4
-    assert "speedup" in out
+    assert "speedup" in out and 0 < figures["batched_mfu"] < 1
 
 
 def test_model_benchmark_runs(tiny_model_dir, tmp_path):
@@ -43,5 +43,13 @@ def test_model_benchmark_runs(tiny_model_dir, tmp_path):
         cwd=tmp_path,
     )
     figures = json.loads((tmp_path / "m.json").read_text())
-    assert figures["train_tokens_per_s"] > 0 and figures["decode_tokens_per_s"] > 0
-    assert "prefill_tokens_per_s" in out
+    for path in ("legacy", "current"):
+        assert figures[f"train_{path}_tokens_per_s"] > 0
+        assert figures[f"decode_{path}_tokens_per_s"] > 0
+        assert 0 < figures[f"train_{path}_mfu"] < 1, "MFU against the rate measured in the run"
+    assert figures["mfu_reference_tflops"] == figures["matmul_fp32_2048x2048x2048_tflops"] or (
+        figures["mfu_reference_tflops"] == figures["matmul_fp32_1600x576x576_tflops"]
+    )
+    assert figures["train_speedup"] > 0 and figures["decode_speedup"] > 0
+    assert figures["train_loss_curve_max_abs_diff"] < 1e-3, "fp32: both paths compute one loss"
+    assert "prefill_mfu" in out and "flop_convention" in out

@@ -10,8 +10,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .batching import left_pad
+from .batching import left_pad, length_batches
 from .prompting import PromptFormat, encode_rows, stop_token_ids, strip_reasoning
+
+DECODERS = ("loop", "hf")
 
 
 @dataclass(frozen=True)
@@ -21,10 +23,15 @@ class GenerationSpec:
     max_new_tokens: int = 32
     batch_size: int = 16
     max_new_tokens_per_task: tuple[tuple[str, int], ...] = ()
+    decoder: str = "loop"
 
     @classmethod
     def from_config(cls, cfg: dict) -> GenerationSpec:
+        decoder = cfg.get("decoder", "loop")
+        if decoder not in DECODERS:
+            raise ValueError(f"generation.decoder: expected one of {DECODERS}, got '{decoder}'")
         return cls(
+            decoder=decoder,
             max_new_tokens=int(cfg.get("max_new_tokens", 32)),
             batch_size=int(cfg.get("batch_size", 16)),
             max_new_tokens_per_task=tuple(
@@ -61,30 +68,38 @@ def generate(
     stats: GenerationStats | None = None,
     desc: str = "generate",
     stops: Sequence[int] | None = None,
+    decoder: str = "loop",
 ) -> list[str]:
-    """Greedy decoding in left-padded, length-sorted batches; results in input order.
+    """Greedy decoding in left-padded batches of similar lengths (:func:`length_batches`);
+    results in input order.
 
-    ``stops``: token ids that end an answer (default: :func:`stop_token_ids`)."""
+    ``stops``: token ids that end an answer (default: :func:`stop_token_ids`). ``decoder``:
+    ``loop`` (:func:`greedy_tokens`) or ``hf`` (``model.generate``, the earlier path, kept
+    for A/B benchmarks); both give the same tokens."""
     device = next(model.parameters()).device
     stops = list(stops) if stops else stop_token_ids(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     outputs: list[str] = [""] * len(prompts)
     started = time.perf_counter()
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, mininterval=5):
-        idx = order[start : start + batch_size]
+    for idx in tqdm(
+        length_batches([len(p) for p in prompts], batch_size), desc=desc, mininterval=5
+    ):
         ids, mask = left_pad([prompts[i] for i in idx], pad)
         width = ids.shape[1]
         with autocast(model, precision):
-            out = model.generate(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=stops,
-                pad_token_id=pad,
-            )
-        new = out[:, width:].cpu()
+            if decoder == "loop":
+                new = greedy_tokens(model, ids.to(device), mask.to(device), max_new_tokens, stops)
+            else:
+                out = model.generate(
+                    input_ids=ids.to(device),
+                    attention_mask=mask.to(device),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    eos_token_id=stops,
+                    pad_token_id=pad,
+                )
+                new = out[:, width:]
+        new = new.cpu()
         for row, i in enumerate(idx):
             toks = new[row].tolist()
             cut = next((p for p, t in enumerate(toks) if t in stops), len(toks))
@@ -96,6 +111,56 @@ def generate(
     if stats is not None:
         stats.seconds += time.perf_counter() - started
     return outputs
+
+
+def greedy_tokens(
+    model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, stops: Sequence[int]
+) -> torch.Tensor:
+    """The new tokens of greedy decoding of a left-padded batch, until every row has produced
+    a stop token or ``max_new_tokens``: (rows, steps); a row's tokens after its stop are
+    filler.
+
+    A lean loop over the model's forward with a KV cache, the same tokens as ``generate``,
+    whose own machinery (logits processors, stopping criteria, cache and mask bookkeeping)
+    cost about a fifth of a decode step of the default model at batch 16 on a CPU; most of
+    the rest is streaming the weights from memory. The prompt pass projects only the last
+    position to the vocabulary; positions follow the mask."""
+    from transformers import DynamicCache
+
+    # a growing cache (a preallocated one computes attention over the padded length, whose
+    # bf16 sums round differently: 10 of 64 answers changed, for 4% speed)
+    cache = DynamicCache(config=model.config)
+    stop = torch.tensor(list(stops), dtype=torch.long, device=ids.device)
+    pos = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    logits = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=pos,
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    ).logits
+    rows, width = ids.shape
+    out = torch.empty((rows, max_new_tokens), dtype=torch.long, device=ids.device)
+    done = torch.zeros(rows, dtype=torch.bool, device=ids.device)
+    grown = torch.ones((rows, width + max_new_tokens), dtype=mask.dtype, device=mask.device)
+    grown[:, :width] = mask
+    pos = pos[:, -1:]
+    for step in range(max_new_tokens):
+        token = logits[:, -1].argmax(dim=-1)
+        out[:, step] = token
+        done |= torch.isin(token, stop)
+        if step + 1 == max_new_tokens or bool(done.all()):
+            return out[:, : step + 1]
+        pos = pos + 1
+        logits = model(
+            input_ids=token[:, None],
+            attention_mask=grown[:, : width + step + 1],
+            position_ids=pos,
+            cache=cache,
+            use_cache=True,
+        ).logits
+    return out[:, :0]
 
 
 def predict_table(
@@ -131,6 +196,7 @@ def predict_table(
         stats,
         desc=task,
         stops=stop_token_ids(tokenizer, fmt),
+        decoder=gen.decoder,
     )
     return pd.DataFrame(
         {
