@@ -76,6 +76,16 @@ def test_train_options_hold_only_the_sections_a_run_reads():
     assert set(plain.train_options(wc(run="demo-inclora-sapo-s0"))) == {"sapo"}
 
 
+def test_the_attention_kernel_reaches_every_job_but_not_the_model_folder():
+    """A per-job setting: switching it reruns the jobs that compute, never the conversion."""
+    plan = plan_of()
+    assert plan.model_params()["attn_implementation"] == "auto", "the schema's default"
+    forced = plan_of(model={"attn_implementation": "sdpa"})
+    assert forced.model_params()["attn_implementation"] == "sdpa"
+    assert forced.model_source_params() == plan.model_source_params()
+    assert "attn_implementation" not in plan.model_source_params()
+
+
 def test_registries_match_the_schema():
     schema = yaml.safe_load((REPO / "config/schema.yaml").read_text())
     runs = schema["properties"]["runs"]["properties"]
