@@ -120,11 +120,12 @@ def greedy_tokens(
     a stop token or ``max_new_tokens``: (rows, steps); a row's tokens after its stop are
     filler.
 
-    A lean loop over the model's forward with a KV cache, the same tokens as ``generate``,
-    whose own machinery (logits processors, stopping criteria, cache and mask bookkeeping)
-    cost about a fifth of a decode step of the default model at batch 16 on a CPU; most of
-    the rest is streaming the weights from memory. The prompt pass projects only the last
-    position to the vocabulary; positions follow the mask."""
+    A lean loop over the model's forward with a KV cache, the same tokens as ``generate``
+    without its per-step machinery (logits processors, stopping criteria, cache and mask
+    bookkeeping). On a CPU a decode step of the default model at batch 16 is mostly
+    streaming the weights from memory, so the gain there is small (benchmarks/
+    model_throughput.py A/B-times both). The prompt pass projects only the last position to
+    the vocabulary; positions follow the mask."""
     from transformers import DynamicCache
 
     # a growing cache (a preallocated one computes attention over the padded length, whose
