@@ -98,9 +98,13 @@ def mfu(tokens_per_s: float, flops_per_token: float, peak_tflops: float) -> floa
     return round(tokens_per_s * flops_per_token / (peak_tflops * 1e12), 3)
 
 
+#: the current path's attention kernel (the default; ``--attention cpu_dispatch`` to compare)
+ATTENTION = "auto"
+
+
 def train_once(folder: Path, tokenizer, precision: str, examples, batch: int, legacy: bool):
     model = build_stage_model(folder, [], LoraSpec(), 1, precision)
-    use_attention(model, "sdpa" if legacy else "auto", training=True)
+    use_attention(model, "sdpa" if legacy else ATTENTION, training=True)
     spec = TrainSpec(batch_size=batch, save_steps=10_000, seed=0, precision=precision)
     trainer_module.LOGITS_AS_INDICES = not legacy
     try:
@@ -213,7 +217,10 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--output", type=Path, help="JSON file for the figures")
+    parser.add_argument("--attention", default="auto", help="model.attn_implementation")
     args = parser.parse_args()
+    global ATTENTION
+    ATTENTION = args.attention
     torch.set_num_threads(args.threads)
     folder = model_dir(args.model)
     precision = resolve_precision(args.precision)
