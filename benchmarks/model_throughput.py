@@ -10,8 +10,10 @@ MFU = model FLOPs per second / the matmul rate this process measures first (bf16
 compute precision). Model FLOPs: 4N per trained token (forward 2N + input gradients 2N; the
 frozen weights get no gradient), 2N per prefilled, scored or decoded token, N = every parameter
 of the base model (embeddings included). A/B: ``legacy`` is the path before the speed work
-(SDPA attention and sliced answer logits for training, ``model.generate`` for decoding),
-``current`` the default one; the loss curves of both are compared step by step.
+(SDPA attention, sliced answer logits and random batches for training, ``model.generate`` for
+decoding), ``current`` the default one (length-grouped batches); ``current_random`` has the
+current kernels on the legacy batches, and its loss curve is compared with legacy's step by
+step.
 
 Uses results/model/hf when the workflow has prepared it, else converts the embedded model once
 into results/benchmarks/model_hf. Writes the figures to results/benchmarks/model_throughput.json.
@@ -26,6 +28,7 @@ import resource
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -98,14 +101,19 @@ def mfu(tokens_per_s: float, flops_per_token: float, peak_tflops: float) -> floa
     return round(tokens_per_s * flops_per_token / (peak_tflops * 1e12), 3)
 
 
-#: the current path's attention kernel (the default; ``--attention cpu_dispatch`` to compare)
+#: the current path's attention kernel (``--attention sdpa`` to time the current path without the
+#: CPU length dispatch)
 ATTENTION = "auto"
 
 
-def train_once(folder: Path, tokenizer, precision: str, examples, batch: int, legacy: bool):
+def train_once(
+    folder: Path, tokenizer, precision: str, examples, batch: int, legacy: bool, grouped: bool
+):
     model = build_stage_model(folder, [], LoraSpec(), 1, precision)
     use_attention(model, "sdpa" if legacy else ATTENTION, training=True)
     spec = TrainSpec(batch_size=batch, save_steps=10_000, seed=0, precision=precision)
+    if not grouped:  # random batches, as before training.length_grouping
+        spec = replace(spec, length_grouping=0)
     trainer_module.LOGITS_AS_INDICES = not legacy
     try:
         with tempfile.TemporaryDirectory() as state:
@@ -114,25 +122,36 @@ def train_once(folder: Path, tokenizer, precision: str, examples, batch: int, le
         trainer_module.LOGITS_AS_INDICES = True
 
 
+#: name -> (legacy kernels, length-grouped batches): ``current_random`` has the current kernels
+#: on the legacy path's batches, so its loss curve is comparable step by step
+TRAIN_PATHS = {"legacy": (True, False), "current_random": (False, False), "current": (False, True)}
+
+
 def bench_training(
     folder: Path, tokenizer, precision: str, n: int, batch: int, peak_tflops: float, params: int
 ) -> dict:
     examples = encode_table(tokenizer, PromptFormat(), task_table(n))
     figures: dict = {"train_examples": n}
     curves = {}
-    for name, legacy in (("legacy", True), ("current", False)):
-        result = train_once(folder, tokenizer, precision, examples, batch, legacy)
+    for name, (legacy, grouped) in TRAIN_PATHS.items():
+        result = train_once(folder, tokenizer, precision, examples, batch, legacy, grouped)
         rate = result.info["tokens_per_second"]
         curves[name] = result.log["loss"].to_numpy()
         figures[f"train_{name}_tokens"] = result.info["tokens"]
         figures[f"train_{name}_seconds"] = result.info["train_seconds"]
         figures[f"train_{name}_tokens_per_s"] = rate
         figures[f"train_{name}_mfu"] = mfu(rate, 4 * params, peak_tflops)
-    figures["train_speedup"] = round(
-        figures["train_current_tokens_per_s"] / figures["train_legacy_tokens_per_s"], 2
-    )
+    rate = {name: figures[f"train_{name}_tokens_per_s"] for name in TRAIN_PATHS}
+    figures["train_speedup"] = round(rate["current"] / rate["legacy"], 2)
+    figures["train_kernel_speedup"] = round(rate["current_random"] / rate["legacy"], 2)
+    figures["train_grouping_speedup"] = round(rate["current"] / rate["current_random"], 2)
+    # the same batches through both kernels: the curves differ only by float rounding
     figures["train_loss_curve_max_abs_diff"] = float(
-        f"{abs(curves['current'] - curves['legacy']).max():.2e}"
+        f"{abs(curves['current_random'] - curves['legacy']).max():.2e}"
+    )
+    # other batches, the same examples: the epoch's mean loss
+    figures["train_grouped_mean_loss_diff"] = float(
+        f"{curves['current'].mean() - curves['current_random'].mean():.2e}"
     )
     return figures
 

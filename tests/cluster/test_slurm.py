@@ -187,9 +187,22 @@ def _preemption_config(model_dir: Path, steps: int) -> dict:
     return config
 
 
+def _slurm_train_threads() -> int:
+    profile = yaml.safe_load((REPO / "config/profiles/slurm/config.yaml").read_text())
+    return int(profile["set-threads"]["train_stage"])
+
+
 def _train_locally(root: Path, model_dir: Path, steps: int) -> Path:
+    """The stage trained locally with the threads the SLURM profile gives train_stage: CPU
+    training with eager attention (``auto``'s CPU dispatch) is bit-identical only at equal
+    thread counts, and resuming is what is tested here, not thread-count invariance."""
     config = write_config(root / "config.yaml", _preemption_config(model_dir, steps))
-    snakemake(root, TARGET, "--configfile", str(config))
+    threads = _slurm_train_threads()
+    snakemake(
+        root,
+        *(TARGET, "--configfile", str(config), "--cores", str(threads)),
+        *("--set-threads", f"train_stage={threads}"),
+    )
     return root
 
 

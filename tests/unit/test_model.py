@@ -67,7 +67,7 @@ def test_precision_resolution():
 
 
 def test_cpu_training_attention_is_exact_for_short_and_long_keys(tiny_model_dir, monkeypatch):
-    """``attn_implementation: cpu_dispatch`` trains with promptcl's length dispatch: eager
+    """``attn_implementation: auto`` trains on a CPU with promptcl's length dispatch: eager
     attention for short keys, SDPA beyond EAGER_MAX_KEYS; both give the eager and SDPA
     logits of a left-padded batch."""
     import torch
@@ -78,7 +78,9 @@ def test_cpu_training_attention_is_exact_for_short_and_long_keys(tiny_model_dir,
     from promptcl.modeling import load_state, use_attention
 
     assert resolve_attention("cpu_dispatch", training=True, device_type="cpu") == attention.NAME
-    assert resolve_attention("auto", training=True, device_type="cpu") == "sdpa"
+    assert resolve_attention("auto", training=True, device_type="cpu") == attention.NAME
+    assert resolve_attention("auto", training=False, device_type="cpu") == "sdpa"
+    assert resolve_attention("auto", training=True, device_type="cuda") == "sdpa"
     assert resolve_attention("eager", training=False) == "eager"
     with pytest.raises(ValueError, match="model.attn_implementation"):
         resolve_attention("flash", training=True)

@@ -286,3 +286,74 @@ def test_left_padded_answer_logits_give_the_full_loss_and_gradients(tiny_model_d
         torch.testing.assert_close(grad, full_grads[name], rtol=1e-3, atol=1e-5)
     right = PadCollator(tiny_tokenizer.pad_token_id)(examples)
     assert answer_window(right["labels"]) > keep, "right padding: a wider window, still exact"
+
+
+def test_length_grouped_order_is_seeded_by_epoch_and_sorted_per_window():
+    from promptcl.batching import LengthGroupedSampler
+
+    lengths = [5, 90, 12, 40, 77, 3, 61, 29, 18, 50, 8, 95, 33]
+    sampler = LengthGroupedSampler(lengths, window=4, seed=7)
+    first = list(sampler)
+    assert sorted(first) == list(range(len(lengths))), "each example once per epoch"
+    assert list(LengthGroupedSampler(lengths, window=4, seed=7)) == first, "seeded, not global RNG"
+    for start in range(0, len(first), 4):
+        window = [lengths[i] for i in first[start : start + 4]]
+        assert window == sorted(window, reverse=True), "each window longest first"
+    sampler.set_epoch(1)
+    assert list(sampler) != first, "a new order every epoch"
+    assert list(LengthGroupedSampler(lengths, window=4, seed=8)) != first
+    with pytest.raises(ValueError, match="window"):
+        LengthGroupedSampler(lengths, window=0, seed=0)
+
+
+def _varied_table(n: int) -> pd.DataFrame:
+    frame = table(n, "yes")
+    frame["input"] = [" ".join(["word"] * (1 + (7 * i) % 23)) for i in range(n)]
+    return frame
+
+
+def test_length_grouped_training_batches_and_mid_epoch_resume(
+    tiny_model_dir, tiny_tokenizer, tmp_path, monkeypatch
+):
+    """training.length_grouping: each optimiser-step window's micro-batches are cut from one
+    length-sorted run (less padding than random batches), and a job stopped mid-epoch resumes
+    on the same batches to the uninterrupted adapter."""
+    from transformers import TrainerCallback
+
+    from promptcl import trainer as trainer_module
+
+    widths: list[int] = []
+    real: list[int] = []
+
+    class Spy(PadCollator):
+        def __call__(self, batch):
+            out = super().__call__(batch)
+            widths.append(out["input_ids"].numel())
+            real.append(int(out["attention_mask"].sum()))
+            return out
+
+    monkeypatch.setattr(trainer_module, "PadCollator", Spy)
+    examples = encode_table(tiny_tokenizer, FMT, _varied_table(16))
+
+    def run(state: Path, grouping: int, callbacks=()) -> dict:
+        model = build_stage_model(tiny_model_dir, [], LORA, 1)
+        kw = dict(epochs=2, save_steps=3, length_grouping=grouping)
+        fit(model, tiny_tokenizer, examples, spec(**kw), state, list(callbacks))
+        return {k: v.detach().clone() for k, v in model.state_dict().items() if "lora" in k}
+
+    run(tmp_path / "random", 0)
+    random_efficiency = sum(real) / sum(widths)
+    widths.clear(), real.clear()
+    full = run(tmp_path / "grouped", 2)
+    assert sum(real) / sum(widths) > random_efficiency, "grouped batches carry less padding"
+
+    class StopAt5(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 5:
+                control.should_training_stop = True
+
+    run(tmp_path / "part", 2, [StopAt5()])
+    assert (tmp_path / "part" / "checkpoint-3").is_dir(), "mid-epoch checkpoint (4 steps/epoch)"
+    resumed = run(tmp_path / "part", 2)
+    for key, want in full.items():
+        assert torch.allclose(want, resumed[key], atol=1e-6), key

@@ -46,6 +46,37 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return batches
 
 
+class LengthGroupedSampler(torch.utils.data.Sampler[int]):
+    """A training order that keeps padding low and batches random.
+
+    Each epoch draws a permutation seeded by (seed, epoch) only, so a resumed or restarted job
+    sees the same order whatever the global RNG did; each window of ``window`` consecutive
+    examples of it (a few optimiser steps' worth) is then sorted longest first, so the
+    micro-batches cut from it hold examples of similar length. ``set_epoch`` is called by the
+    Trainer (through Accelerate, also when DDP shards the batches) before each epoch."""
+
+    def __init__(self, lengths: Sequence[int], window: int, seed: int):
+        if window < 1:
+            raise ValueError(f"length grouping window must be >= 1, got {window}")
+        self.lengths = list(lengths)
+        self.window = window
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        for start in range(0, len(order), self.window):
+            window = order[start : start + self.window]
+            yield from sorted(window, key=lambda i: -self.lengths[i])
+
+
 def positions(mask: torch.Tensor) -> torch.Tensor:
     """Position ids that follow the attention mask: a left-padded row starts at 0 like an
     unpadded one, so its scores do not depend on how many pads its batch gives it."""

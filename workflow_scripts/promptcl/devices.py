@@ -25,20 +25,24 @@ ATTENTION = ("auto", "eager", "sdpa", "flash_attention_2", "cpu_dispatch")
 
 
 def resolve_attention(name: str, training: bool, device_type: str | None = None) -> str:
-    """``auto`` → sdpa (flash/memory-efficient kernels) on every device and phase.
+    """``auto`` → the attention kernel measured fastest for the phase on the device.
 
-    ``cpu_dispatch``: :mod:`promptcl.attention` (eager for short keys, where the CPU
-    flash-attention backward alone took 18% of a LoRA step, sdpa for long ones), 1.2-1.3×
-    faster CPU training steps; not the default, because a SLURM-resumed CPU training did not
-    end on the uninterrupted run's adapter with it (tests/cluster/test_slurm.py), which is
-    not understood yet."""
+    CUDA: sdpa (flash/memory-efficient kernels) for both phases. CPU: sdpa for inference; for
+    training ``cpu_dispatch``, i.e. :mod:`promptcl.attention` (eager for short keys, where the
+    CPU flash-attention backward alone took 18% of a LoRA step, sdpa for long ones; the A/B is
+    printed by benchmarks/model_throughput.py). Eager attention's CPU products are not
+    bit-identical across thread counts (SDPA's are): a CPU training resumed with other threads
+    drifts by float rounding; ``sdpa`` keeps CPU training thread-count invariant."""
     if name not in ATTENTION:
         raise ValueError(f"model.attn_implementation: expected one of {ATTENTION}, got '{name}'")
+    device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "auto":
+        name = "cpu_dispatch" if training and device_type == "cpu" else "sdpa"
     if name == "cpu_dispatch":
         from .attention import register
 
         return register()
-    return "sdpa" if name == "auto" else name
+    return name
 
 
 def torch_dtype(precision: str) -> torch.dtype:

@@ -53,6 +53,8 @@ class TrainSpec:
     logging_steps: int = 1
     save_steps: int = 50
     gradient_checkpointing: bool = False
+    #: optimiser steps whose examples are sorted by length together (0: random batches)
+    length_grouping: int = 4
     deepspeed: str | None = None
     seed: int = 0
     precision: str = "fp32"

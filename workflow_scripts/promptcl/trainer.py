@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from .adapters import trainable_adapter
-from .batching import PadCollator, crop_to_answers
+from .batching import LengthGroupedSampler, PadCollator, crop_to_answers
 from .data import epoch_tracker
 from .launch import TrainingInterrupted, preemption_guard, world_size
 from .prompting import IGNORE_INDEX
@@ -75,9 +75,11 @@ def _make_trainer_class():
             adapter: str,
             penalty: Penalty | None = None,
             loss_term: LossTerm | None = None,
+            length_window: int = 0,
             **kwargs,
         ):
             super().__init__(*args, **kwargs)
+            self.length_window = length_window
             self.adapter = adapter
             self.penalty = penalty
             self.loss_term = loss_term
@@ -126,6 +128,16 @@ def _make_trainer_class():
                 self.model.save_pretrained(
                     output_dir, state_dict=state_dict, selected_adapters=[self.adapter]
                 )
+
+        def _get_train_sampler(self, train_dataset=None):
+            """Length-grouped windows (``training.length_grouping``), else the Trainer's own
+            seeded random sampler. Lengths are those of the dataset as built (a PAFT example's
+            epoch-0 prompt), the same in a fresh and a resumed job."""
+            if not self.length_window:
+                return super()._get_train_sampler(train_dataset)
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            lengths = [len(dataset[i]["input_ids"]) for i in range(len(dataset))]
+            return LengthGroupedSampler(lengths, self.length_window, self.args.data_seed)
 
         def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
             model = model or self.model
@@ -206,6 +218,7 @@ def fit(
         adapter=adapter,
         penalty=penalty,
         loss_term=loss_term,
+        length_window=spec.length_grouping * spec.batching(world_size())["effective_batch"],
         callbacks=list(callbacks),
     )
     if hasattr(examples, "epoch"):
