@@ -22,7 +22,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow_scripts"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from model_throughput import matmul_rates, mfu, model_dir, n_parameters, peak, report  # noqa: E402
+from model_throughput import (  # noqa: E402
+    best_rates,
+    matmul_rates,
+    mfu,
+    model_dir,
+    n_parameters,
+    peak,
+    report,
+)
 
 from promptcl.devices import resolve_precision  # noqa: E402
 from promptcl.inference import autocast  # noqa: E402
@@ -90,6 +98,7 @@ def main() -> None:
     pairs = encode_pairs(tokenizer, fmt, table, candidates)
     real_tokens = sum(len(p[2]) for p in pairs)
 
+    before = matmul_rates(torch.get_num_threads())
     score_candidates(model, tokenizer, fmt, table.head(2), candidates[:1])  # warm-up
     stats = ScoringStats()
     started = time.perf_counter()
@@ -102,13 +111,15 @@ def main() -> None:
     naive_s = time.perf_counter() - started
     fast_losses = dict(zip(fast["candidate_id"], fast["mean_token_loss"], strict=True))
     diff = max(abs(slow[c] - v) for c, v in fast_losses.items())
-    rates = matmul_rates(torch.get_num_threads())
+    after = matmul_rates(torch.get_num_threads())
+    rates = best_rates(before, after)
     reference = peak(rates, precision)
     params = n_parameters(folder)
     figures = {
         "precision": precision,
         **rates,
         "mfu_reference_tflops": reference,
+        "mfu_reference_before_after": [peak(before, precision), peak(after, precision)],
         "model_parameters": params,
         "task": args.task,
         "candidates": len(candidates),
