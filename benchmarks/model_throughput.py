@@ -142,10 +142,6 @@ def train_once(
 TRAIN_PATHS = {"legacy": (True, False), "current_random": (False, False), "current": (False, True)}
 
 
-def warm_up_examples(tokenizer) -> list[dict]:
-    return encode_table(tokenizer, PromptFormat(), task_table(8))
-
-
 def bench_training(folder: Path, tokenizer, precision: str, n: int, batch: int) -> dict:
     examples = encode_table(tokenizer, PromptFormat(), task_table(n))
     figures: dict = {"train_examples": n}
@@ -268,8 +264,9 @@ def main() -> None:
     params = n_parameters(folder)
     # untimed: the first steps of a process pay one-time kernel set-up, which the A/B's first
     # path would otherwise carry alone
-    train_once(folder, tokenizer, precision, warm_up_examples(tokenizer), 8, True, False)
-    train_once(folder, tokenizer, precision, warm_up_examples(tokenizer), 8, False, True)
+    warm_up = encode_table(tokenizer, PromptFormat(), task_table(8))
+    train_once(folder, tokenizer, precision, warm_up, 8, True, False)
+    train_once(folder, tokenizer, precision, warm_up, 8, False, True)
     figures |= bench_training(folder, tokenizer, precision, args.train_examples, 8)
     figures |= bench_inference(
         folder, tokenizer, precision, args.prompts, args.batch_size, args.new_tokens

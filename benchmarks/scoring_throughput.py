@@ -25,11 +25,11 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from model_throughput import (  # noqa: E402
     best_rates,
     matmul_rates,
-    mfu,
     model_dir,
     n_parameters,
     peak,
     report,
+    with_mfu,
 )
 
 from promptcl.devices import resolve_precision  # noqa: E402
@@ -128,13 +128,12 @@ def main() -> None:
         "real_tokens": real_tokens,
         "batched_seconds": round(fast_s, 2),
         "batched_tokens_per_s": round(real_tokens / fast_s, 1),
-        "batched_mfu": mfu(real_tokens / fast_s, 2 * params, reference),
         "naive_seconds": round(naive_s, 2),
         "naive_tokens_per_s": round(real_tokens / naive_s, 1),
-        "naive_mfu": mfu(real_tokens / naive_s, 2 * params, reference),
         "speedup": round(naive_s / fast_s, 2),
         "max_loss_difference": float(f"{diff:.2e}"),
     }
+    figures = with_mfu(figures, {"batched": 2 * params, "naive": 2 * params}, reference)
     report(figures, "scoring_throughput", args.output)
 
 
