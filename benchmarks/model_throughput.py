@@ -11,7 +11,9 @@ compute precision). Model FLOPs: 4N per trained token (forward 2N + input gradie
 frozen weights get no gradient), 2N per prefilled, scored or decoded token, N = every parameter
 of the base model (embeddings included). A/B: ``legacy`` is the path before the speed work
 (SDPA attention, sliced answer logits and random batches for training, ``model.generate`` for
-decoding), ``current`` the default one (length-grouped batches); ``current_random`` has the
+decoding), ``current`` the default one (length-grouped batches; for evaluation the lean greedy
+loop, its reserved KV cache and the prompt pass that computes the rows' shared leading tokens
+once, timed alone as ``prompt_pass_*``); ``current_random`` has the
 current kernels on the legacy batches, and its loss curve is compared with legacy's step by
 step.
 
@@ -40,7 +42,7 @@ from promptcl import trainer as trainer_module  # noqa: E402
 from promptcl.batching import left_pad, positions  # noqa: E402
 from promptcl.data import encode_table  # noqa: E402
 from promptcl.devices import resolve_precision  # noqa: E402
-from promptcl.inference import generate, greedy_tokens  # noqa: E402
+from promptcl.inference import generate, greedy_tokens, prefill  # noqa: E402
 from promptcl.methods import build_stage_model  # noqa: E402
 from promptcl.modeling import (  # noqa: E402
     ModelSpec,
@@ -205,14 +207,30 @@ def bench_inference(
                     )
         return time.perf_counter() - started
 
+    def prompt_pass(share: bool) -> float:
+        """Seconds for the evaluation's prompt pass of all batches, with or without computing
+        the rows' shared leading tokens once."""
+        started = time.perf_counter()
+        with torch.inference_mode(), autocast:
+            for ids, mask in batches:
+                prefill(model, ids, mask, 1, share_prefix=share)
+        return time.perf_counter() - started
+
     run(None)  # warm-up: first calls pay for kernel selection and allocation
+    prompt_pass(True)
     prompt_tokens = sum(int(mask.sum()) for _, mask in batches)
     prefill_s = run(None)
     prefill_rate = prompt_tokens / prefill_s
+    whole_s, shared_s = prompt_pass(False), prompt_pass(True)
     figures = {
         "prefill_prompts": n,
         "prefill_tokens": prompt_tokens,
         "prefill_tokens_per_s": round(prefill_rate, 1),
+        # prompt tokens per second of the evaluation's prompt pass (the shared prefix counted
+        # once per row, as if computed): the gain of prefix sharing, not a FLOP rate
+        "prompt_pass_whole_tokens_per_s": round(prompt_tokens / whole_s, 1),
+        "prompt_pass_shared_tokens_per_s": round(prompt_tokens / shared_s, 1),
+        "prompt_pass_sharing_speedup": round(whole_s / shared_s, 2),
         "decode_batch_size": batch,
         "decode_new_tokens_per_prompt": new,
     }

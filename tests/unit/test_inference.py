@@ -116,3 +116,99 @@ def test_length_batches_cap_rows_and_padded_tokens():
         (lengths[b[0]] for b in batches), reverse=True
     )
     assert length_batches([], 4) == []
+
+
+def test_the_reserved_cache_layer_holds_what_a_growing_one_holds_without_copying():
+    """ReservedLayer returns DynamicLayer's keys and values at every step (prompt, decode
+    steps, and past its reservation), and within the reservation writes in place."""
+    import torch
+    from transformers import DynamicLayer
+
+    from promptcl.inference import ReservedLayer
+
+    ours, reference = ReservedLayer(extra=3), DynamicLayer()
+    steps = [torch.randn(2, 3, n, 4) for n in (5, 1, 1, 1, 1, 2)]
+    buffer = None
+    for i, new in enumerate(steps):
+        got, want = ours.update(new, -new), reference.update(new, -new)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        assert ours.get_seq_length() == reference.get_seq_length()
+        if i <= 3:  # the prompt and 3 reserved positions live in one buffer
+            buffer = buffer or got[0].untyped_storage().data_ptr()
+            assert got[0].untyped_storage().data_ptr() == buffer
+
+
+def test_shared_prefix_counts_the_rows_common_leading_tokens():
+    import torch
+
+    from promptcl.batching import left_pad
+    from promptcl.inference import shared_prefix
+
+    ids, mask = left_pad([[5, 6, 7, 8, 9], [5, 6, 7, 1], [5, 6, 7, 8]], 0)
+    assert shared_prefix(ids, mask) == 3
+    # every row keeps at least one token of its own, even when one row is another's prefix
+    ids, mask = left_pad([[5, 6, 7], [5, 6, 7, 8, 9]], 0)
+    assert shared_prefix(ids, mask) == 2
+    ids, mask = left_pad([[1, 6, 7], [5, 6, 7]], 0)
+    assert shared_prefix(ids, mask) == 0
+    assert shared_prefix(*left_pad([[5, 6, 7]], 0)) == 0  # one row: nothing to share
+    assert shared_prefix(torch.tensor([[4, 4], [4, 4]]), torch.ones(2, 2)) == 1
+
+
+def test_prefix_sharing_gives_the_tokens_of_the_whole_prompt_pass(tiny_model_dir, tiny_tokenizer):
+    """The shared leading tokens computed once (batch 1) and the rows' own tokens after them,
+    pads in the middle: in fp32 the same tokens as the whole left-padded prompts."""
+    import torch
+
+    from promptcl import inference
+    from promptcl.batching import left_pad
+    from promptcl.inference import greedy_tokens, shared_prefix
+
+    model = load_state(tiny_model_dir)
+    inputs = ["a", "a much longer input sentence with many more words in it", "mid size one", "b"]
+    ids, mask = left_pad(_prompts(tiny_tokenizer, inputs), tiny_tokenizer.pad_token_id)
+    assert shared_prefix(ids, mask) >= inference.MIN_SHARED_PREFIX
+    calls = []
+    hook = model.register_forward_pre_hook(
+        lambda _, args, kwargs: calls.append(kwargs["input_ids"].shape), with_kwargs=True
+    )
+    with torch.inference_mode():
+        shared = greedy_tokens(model, ids, mask, 8, stops=[])
+        prefill_shapes, calls[:] = calls[:2], []
+        whole = greedy_tokens(model, ids, mask, 8, stops=[], share_prefix=False)
+    hook.remove()
+    assert prefill_shapes[0][0] == 1 and prefill_shapes[1][1] < ids.shape[1], prefill_shapes
+    assert calls[0] == ids.shape
+    assert torch.equal(shared, whole)
+
+
+def test_prefix_sharing_with_sliding_window_layers_only_where_the_window_covers_the_batch():
+    """Gemma 3's sliding-window layers count cache slots: sharing (pads after the prefix) is
+    used only when the window covers prompt and answer, and then gives the same tokens."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from promptcl.batching import left_pad
+    from promptcl.inference import _shareable, greedy_tokens
+
+    torch.manual_seed(0)
+    prefix = list(range(10, 22))
+    ids, mask = left_pad([prefix + [3, 4, 5], prefix + [7], prefix + [8, 9, 30, 31, 32, 33]], 0)
+    for window, shared in ((16, False), (512, True)):
+        config = Gemma3TextConfig(
+            vocab_size=100,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+            sliding_window=window,
+            layer_types=["sliding_attention"] * 3 + ["full_attention"],
+        )
+        model = Gemma3ForCausalLM(config).eval()
+        assert _shareable(model, ids.shape[1] + 6) is shared
+        with torch.inference_mode():
+            got = greedy_tokens(model, ids, mask, 6, [])
+            want = greedy_tokens(model, ids, mask, 6, [], share_prefix=False)
+        assert torch.equal(got, want)

@@ -129,6 +129,23 @@ def test_left_padding_keeps_positions_with_absolute_position_embeddings(
         assert sum_b == pytest.approx(sum_a, rel=1e-5, abs=1e-5)
 
 
+def test_shared_prefix_scoring_equals_the_whole_sequences(model, tiny_tokenizer, table):
+    """One candidate's instances share its template and instruction: computed once, the answer
+    logits equal those of the whole left-padded sequences (fp32)."""
+    from promptcl.batching import left_pad
+    from promptcl.inference import MIN_SHARED_PREFIX, shared_prefix
+    from promptcl.scoring import answer_logits
+
+    pairs = encode_pairs(tiny_tokenizer, FMT, table, CANDIDATES[1:2])
+    ids, mask = left_pad([p[2] for p in pairs], tiny_tokenizer.pad_token_id)
+    assert shared_prefix(ids, mask) >= MIN_SHARED_PREFIX
+    with torch.inference_mode():
+        shared = answer_logits(model, pairs, tiny_tokenizer.pad_token_id, "fp32", True)
+        whole = answer_logits(model, pairs, tiny_tokenizer.pad_token_id, "fp32", False)
+    assert torch.equal(shared[1], whole[1])
+    torch.testing.assert_close(shared[0], whole[0], rtol=1e-5, atol=1e-5)
+
+
 def test_bf16_scores_do_not_depend_on_batch_size_or_composition(tiny_model_dir, tiny_tokenizer):
     """In bf16 the losses stay within a tight tolerance and the ranking is unchanged whether a
     candidate is scored alone, in small batches, or padded next to much longer sequences."""

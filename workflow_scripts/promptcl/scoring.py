@@ -19,8 +19,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .batching import last_positions, left_pad, positions
-from .inference import autocast
+from .batching import left_pad
+from .inference import autocast, prefill
 from .prompting import IGNORE_INDEX, PromptFormat, encode_rows
 from .strategies import CRITERIA
 
@@ -56,26 +56,29 @@ def encode_pairs(
 
 
 def answer_logits(
-    model, pairs: Sequence[tuple[int, int, list[int], list[int]]], pad_token_id: int, precision: str
+    model,
+    pairs: Sequence[tuple[int, int, list[int], list[int]]],
+    pad_token_id: int,
+    precision: str,
+    share_prefix: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(fp32 logits predicting each answer token, those tokens (IGNORE_INDEX where a shorter
     answer is padded), the attention mask) of one left-padded batch.
 
     Answers end every left-padded row, so only the last positions are projected to the
-    vocabulary; position ids follow the mask. Works with and without autograd."""
+    vocabulary; position ids follow the mask. ``share_prefix`` computes the rows' shared
+    leading tokens once (:func:`promptcl.inference.prefill`); off for SAPO's scores, whose
+    argmin must not move with batching: in bf16 it moved a loss by up to 2e-3 nats against
+    7e-4 for batching alone (tests/unit/test_scoring.py's bf16 case). Works with and without
+    autograd."""
     device = next(model.parameters()).device
     ids, mask = left_pad([p[2] for p in pairs], pad_token_id)
     labels, _ = left_pad([p[3] for p in pairs], IGNORE_INDEX)
     answer_len = int((labels != IGNORE_INDEX).sum(dim=1).max())
     keep = answer_len + 1
     with autocast(model, precision):
-        out = model(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            position_ids=positions(mask).to(device),
-            logits_to_keep=last_positions(ids.shape[1], keep, device),
-        )
-    logits = out.logits[:, -keep:-1].float()  # position t predicts token t+1
+        logits = prefill(model, ids.to(device), mask.to(device), 0, share_prefix, keep)[0]
+    logits = logits[:, :-1].float()  # position t predicts token t+1
     return logits, labels[:, -answer_len:].to(device), mask
 
 
