@@ -188,14 +188,17 @@ def _preemption_config(model_dir: Path, steps: int) -> dict:
 
 
 def _slurm_train_threads() -> int:
+    """The threads the SLURM job's training gets: the profile's, capped by the CPUs the job
+    can use (it runs with ``--cores all``: 2 on a 2-core machine, whatever the profile asks)."""
     profile = yaml.safe_load((REPO / "config/profiles/slurm/config.yaml").read_text())
-    return int(profile["set-threads"]["train_stage"])
+    return min(int(profile["set-threads"]["train_stage"]), len(os.sched_getaffinity(0)))
 
 
 def _train_locally(root: Path, model_dir: Path, steps: int) -> Path:
-    """The stage trained locally with the threads the SLURM profile gives train_stage: CPU
-    training with eager attention (``auto``'s CPU dispatch) is bit-identical only at equal
-    thread counts, and resuming is what is tested here, not thread-count invariance."""
+    """The stage trained locally with the threads the SLURM job's training gets: CPU training
+    is bit-identical only at equal thread counts (eager attention's and some fp32 products'
+    rounding depends on them; thousands of steps amplify it to other weights), and resuming is
+    what is tested here, not thread-count invariance."""
     config = write_config(root / "config.yaml", _preemption_config(model_dir, steps))
     threads = _slurm_train_threads()
     snakemake(
