@@ -75,15 +75,24 @@ def task_table(n: int):
     return read_split(resolve_task("task195", sources), "train").head(n)
 
 
-def matmul_rates(threads: int) -> dict[str, float]:
-    """TFLOP/s of bf16 and fp32 matrix products on this machine, now, with these threads."""
+def matmul_rates(threads: int, precision: str = "fp32") -> dict[str, float]:
+    """TFLOP/s of fp32 matrix products on this machine, now, with these threads, and of bf16 ones
+    where the CPU runs bf16 natively or ``precision`` is bf16. Without native bf16 (an AVX2 CPU:
+    0.3 GFLOP/s measured) a single 2048³ bf16 product takes about a minute, so repetitions are
+    sized by the time of one product, about a second per shape."""
     rates = {}
+    tags = {"fp32"} | (
+        {"bf16"} if precision == "bf16" or resolve_precision("auto") == "bf16" else set()
+    )
     for dtype, tag in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
+        if tag not in tags:
+            continue
         for m, k, n in ((2048, 2048, 2048), (1600, 576, 576)):
             a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-            for _ in range(3):
-                a @ b
-            reps = max(3, int(2e10 / (2 * m * k * n)))
+            started = time.perf_counter()
+            a @ b  # warm-up, and the time of one product
+            one = time.perf_counter() - started
+            reps = max(1, min(int(2e10 / (2 * m * k * n)), int(1.0 / max(one, 1e-6))))
             started = time.perf_counter()
             for _ in range(reps):
                 a @ b
@@ -124,11 +133,20 @@ ATTENTION = "auto"
 
 
 def train_once(
-    folder: Path, tokenizer, precision: str, examples, batch: int, legacy: bool, grouped: bool
+    folder: Path,
+    tokenizer,
+    precision: str,
+    examples,
+    batch: int,
+    legacy: bool,
+    grouped: bool,
+    packed: bool = False,
 ):
     model = build_stage_model(folder, [], LoraSpec(), 1, precision)
     use_attention(model, "sdpa" if legacy else ATTENTION, training=True)
-    spec = TrainSpec(batch_size=batch, save_steps=10_000, seed=0, precision=precision)
+    spec = TrainSpec(
+        batch_size=batch, save_steps=10_000, seed=0, precision=precision, packing=packed
+    )
     if not grouped:  # random batches, as before training.length_grouping
         spec = replace(spec, length_grouping=0)
     trainer_module.LOGITS_AS_INDICES = not legacy
@@ -139,17 +157,23 @@ def train_once(
         trainer_module.LOGITS_AS_INDICES = True
 
 
-#: name -> (legacy kernels, length-grouped batches): ``current_random`` has the current kernels
-#: on the legacy path's batches, so its loss curve is comparable step by step
-TRAIN_PATHS = {"legacy": (True, False), "current_random": (False, False), "current": (False, True)}
+#: name -> (legacy kernels, length-grouped batches, packed rows): ``current_random`` has the
+#: current kernels on the legacy path's batches, so its loss curve is comparable step by step;
+#: ``packed`` is ``current`` with training.packing (the same batches, one row each)
+TRAIN_PATHS = {
+    "legacy": (True, False, False),
+    "current_random": (False, False, False),
+    "current": (False, True, False),
+    "packed": (False, True, True),
+}
 
 
 def bench_training(folder: Path, tokenizer, precision: str, n: int, batch: int) -> dict:
     examples = encode_table(tokenizer, PromptFormat(), task_table(n))
     figures: dict = {"train_examples": n}
     curves = {}
-    for name, (legacy, grouped) in TRAIN_PATHS.items():
-        result = train_once(folder, tokenizer, precision, examples, batch, legacy, grouped)
+    for name, (legacy, grouped, packed) in TRAIN_PATHS.items():
+        result = train_once(folder, tokenizer, precision, examples, batch, legacy, grouped, packed)
         rate = result.info["tokens_per_second"]
         curves[name] = result.log["loss"].to_numpy()
         figures[f"train_{name}_tokens"] = result.info["tokens"]
@@ -159,6 +183,7 @@ def bench_training(folder: Path, tokenizer, precision: str, n: int, batch: int) 
     figures["train_speedup"] = round(rate["current"] / rate["legacy"], 2)
     figures["train_kernel_speedup"] = round(rate["current_random"] / rate["legacy"], 2)
     figures["train_grouping_speedup"] = round(rate["current"] / rate["current_random"], 2)
+    figures["train_packing_speedup"] = round(rate["packed"] / rate["current"], 2)
     # the same batches through both kernels: the curves differ only by float rounding
     figures["train_loss_curve_max_abs_diff"] = float(
         f"{abs(curves['current_random'] - curves['legacy']).max():.2e}"
@@ -166,6 +191,10 @@ def bench_training(folder: Path, tokenizer, precision: str, n: int, batch: int) 
     # other batches, the same examples: the epoch's mean loss
     figures["train_grouped_mean_loss_diff"] = float(
         f"{curves['current'].mean() - curves['current_random'].mean():.2e}"
+    )
+    # the same batches, other LoRA dropout masks (drawn per tensor shape)
+    figures["train_packed_mean_loss_diff"] = float(
+        f"{curves['packed'].mean() - curves['current'].mean():.2e}"
     )
     return figures
 
@@ -278,7 +307,7 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
-    before = matmul_rates(args.threads)
+    before = matmul_rates(args.threads, precision)
     params = n_parameters(folder)
     # untimed: the first steps of a process pay one-time kernel set-up, which the A/B's first
     # path would otherwise carry alone
@@ -289,7 +318,7 @@ def main() -> None:
     figures |= bench_inference(
         folder, tokenizer, precision, args.prompts, args.batch_size, args.new_tokens
     )
-    after = matmul_rates(args.threads)
+    after = matmul_rates(args.threads, precision)
     rates = best_rates(before, after)
     reference = peak(rates, precision)
     figures |= rates

@@ -98,7 +98,7 @@ def main() -> None:
     pairs = encode_pairs(tokenizer, fmt, table, candidates)
     real_tokens = sum(len(p[2]) for p in pairs)
 
-    before = matmul_rates(torch.get_num_threads())
+    before = matmul_rates(torch.get_num_threads(), precision)
     score_candidates(model, tokenizer, fmt, table.head(2), candidates[:1])  # warm-up
     stats = ScoringStats()
     started = time.perf_counter()
@@ -111,7 +111,7 @@ def main() -> None:
     naive_s = time.perf_counter() - started
     fast_losses = dict(zip(fast["candidate_id"], fast["mean_token_loss"], strict=True))
     diff = max(abs(slow[c] - v) for c, v in fast_losses.items())
-    after = matmul_rates(torch.get_num_threads())
+    after = matmul_rates(torch.get_num_threads(), precision)
     rates = best_rates(before, after)
     reference = peak(rates, precision)
     params = n_parameters(folder)

@@ -288,6 +288,144 @@ def test_left_padded_answer_logits_give_the_full_loss_and_gradients(tiny_model_d
     assert answer_window(right["labels"]) > keep, "right padding: a wider window, still exact"
 
 
+def test_loss_positions_of_left_padding_are_the_final_window(tiny_tokenizer):
+    """The gathered loss positions reduce to the final answer window for left padding: the
+    default path keeps its indices (and its results) exactly."""
+    from promptcl.batching import answer_window, last_positions, loss_positions
+
+    examples = encode_table(
+        tiny_tokenizer, FMT, table(3, "yes").assign(input=["a", "b c d e f", "g h"])
+    )
+    labels = PadCollator(tiny_tokenizer.pad_token_id, left=True)(examples)["labels"]
+    want = last_positions(labels.shape[1], answer_window(labels))
+    assert torch.equal(loss_positions(labels), want)
+
+
+def _packable(tokenizer) -> list[dict]:
+    """Three examples of different lengths and answers."""
+    frame = table(3, "yes").assign(input=["a", "b c d e f g h", "i j"])
+    frame["references"] = [["yes"], ["no"], ["maybe so"]]
+    return encode_table(tokenizer, FMT, frame)
+
+
+def test_packed_batch_gives_the_padded_loss_and_gradients(tiny_model_dir, tiny_tokenizer):
+    """training.packing: one row per micro-batch, no padding; the loss and every gradient equal
+    the left-padded batch's (fp32), with only the answer positions projected."""
+    from promptcl.batching import PackCollator, crop_to_answers
+
+    examples = _packable(tiny_tokenizer)
+
+    def loss_and_grads(batch: dict) -> tuple[float, dict]:
+        model = build_stage_model(tiny_model_dir, [], LORA, 1, seed=3)
+        model.train()
+        loss = model(**crop_to_answers(batch)).loss
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return float(loss), grads
+
+    packed = PackCollator()(examples)
+    assert packed["input_ids"].shape == (1, sum(len(ex["input_ids"]) for ex in examples))
+    assert "attention_mask" not in packed and packed["use_cache"] is False
+    kept = crop_to_answers(packed)["logits_to_keep"]
+    answers = sum(sum(t != IGNORE_INDEX for t in ex["labels"]) for ex in examples)
+    assert len(kept) == answers + len(examples), "each answer and the position predicting it"
+    loss, grads = loss_and_grads(packed)
+    want_loss, want_grads = loss_and_grads(
+        PadCollator(tiny_tokenizer.pad_token_id, left=True)(examples)
+    )
+    assert loss == pytest.approx(want_loss, rel=1e-5)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, want_grads[name], rtol=1e-3, atol=1e-6)
+
+
+def _tiny_gemma3(window: int):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=100,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        sliding_window=window,
+        layer_types=["sliding_attention"] * 3 + ["full_attention"],
+    )
+    return Gemma3ForCausalLM(config)
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa", "cpu_dispatch"])
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_packed_examples_do_not_attend_to_each_other(
+    tiny_model_dir, tiny_tokenizer, attention, family
+):
+    """Masking across packed examples: each example's logits in the packed row equal its logits
+    alone, and changing the example before it changes none of them (Llama, and Gemma 3 whose
+    sliding window spans the whole row), in training mode with the model's cache setting on."""
+    from promptcl.batching import PackCollator
+    from promptcl.modeling import use_attention
+
+    if family == "llama":
+        model = build_stage_model(tiny_model_dir, [], LORA, 1, seed=3)
+        examples = _packable(tiny_tokenizer)
+    else:
+        model = _tiny_gemma3(window=4)
+        examples = [
+            {"input_ids": ids, "labels": ids}
+            for ids in ([5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16, 17], [18, 19, 20])
+        ]
+    assert model.config.use_cache, "the packed batch itself must switch the cache off"
+    use_attention(model, attention, training=True)
+    model.train()
+
+    def row_logits(batch: list[dict]) -> torch.Tensor:
+        inputs = PackCollator()(batch)
+        del inputs["labels"]
+        return model(**inputs).logits[0]
+
+    packed = row_logits(examples)
+    start = 0
+    for ex in examples:
+        alone = row_logits([ex])
+        width = len(ex["input_ids"])
+        torch.testing.assert_close(packed[start : start + width], alone, rtol=1e-4, atol=1e-5)
+        start += width
+    changed = [{**examples[0], "input_ids": [3] * len(examples[0]["input_ids"])}, *examples[1:]]
+    later = len(examples[0]["input_ids"])
+    torch.testing.assert_close(row_logits(changed)[later:], packed[later:], rtol=1e-4, atol=1e-5)
+
+
+def test_packed_training_follows_the_padded_loss_curve(tiny_model_dir, tiny_tokenizer, tmp_path):
+    """fit() with training.packing: the same batches (length-grouped), the same loss curve as
+    left padding within float rounding (no LoRA dropout, whose masks are drawn per shape)."""
+    logs = {}
+    for packing in (False, True):
+        model = build_stage_model(tiny_model_dir, [], LORA, 1, seed=3)
+        examples = encode_table(
+            tiny_tokenizer,
+            FMT,
+            table(8, "yes").assign(input=[f"w{i} " * (i + 1) for i in range(8)]),
+        )
+        result = fit(
+            model,
+            tiny_tokenizer,
+            examples,
+            spec(epochs=2, packing=packing),
+            tmp_path / str(packing),
+        )
+        logs[packing] = result.log
+    assert len(logs[True]) == len(logs[False]) == 4
+    assert list(logs[True]["tokens"]) == list(logs[False]["tokens"]), "real tokens, no padding"
+    torch.testing.assert_close(
+        torch.tensor(logs[True]["loss"].to_numpy()),
+        torch.tensor(logs[False]["loss"].to_numpy()),
+        rtol=1e-5,
+        atol=0,
+    )
+
+
 def test_length_grouped_order_is_seeded_by_epoch_and_sorted_per_window():
     from promptcl.batching import LengthGroupedSampler
 
@@ -332,7 +470,7 @@ def test_length_grouped_training_batches_and_mid_epoch_resume(
             real.append(int(out["attention_mask"].sum()))
             return out
 
-    monkeypatch.setattr(trainer_module, "PadCollator", Spy)
+    monkeypatch.setattr(trainer_module, "collator", lambda pad, packing: Spy(pad, left=True))
     examples = encode_table(tiny_tokenizer, FMT, _varied_table(16))
 
     def run(state: Path, grouping: int, callbacks=()) -> dict:

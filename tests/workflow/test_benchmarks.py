@@ -51,7 +51,7 @@ def test_model_benchmark_runs(tiny_model_dir, tmp_path):
         cwd=tmp_path,
     )
     figures = json.loads((tmp_path / "m.json").read_text())
-    for path in ("legacy", "current_random", "current"):
+    for path in ("legacy", "current_random", "current", "packed"):
         assert figures[f"train_{path}_tokens_per_s"] > 0
         expected = figures[f"train_{path}_tokens_per_s"] * 4 * figures["model_parameters"]
         assert figures[f"train_{path}_mfu"] == pytest.approx(
@@ -66,5 +66,6 @@ def test_model_benchmark_runs(tiny_model_dir, tmp_path):
     assert figures["train_current_tokens"] == figures["train_current_random_tokens"], (
         "grouping reorders the epoch's examples, it trains on the same tokens"
     )
+    assert figures["train_packed_tokens"] == figures["train_current_tokens"], "packing: no pads"
     assert figures["train_loss_curve_max_abs_diff"] < 1e-3, "fp32: both paths compute one loss"
     assert "prefill_mfu" in out and "flop_convention" in out

@@ -2,7 +2,8 @@
 
 One work folder: a plain stage 1, then the same stage retrained with DeepSpeed ZeRO-2 in a single
 process (its loss curve must match the plain one), then with two DDP processes (only rank 0
-writes). Each variant changes `training` params, so Snakemake reruns just train_stage.
+writes), then with packed rows (training.packing) plain, under ZeRO-2 and under DDP. Each
+variant changes `training` params, so Snakemake reruns just train_stage.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ def variants(tiny_model_dir, tmp_path_factory) -> dict[str, dict]:
         "zero3": _train(
             work, "zero3", deepspeed="config/deepspeed/zero3.json", deepspeed_single_process=True
         ),
+        "packed": _train(work, "packed", packing=True),
+        "packed_zero2": _train(work, "packed_ds", packing=True, deepspeed_single_process=True),
+        "packed_ddp2": _train(work, "packed_ddp2", packing=True, processes=2, deepspeed=None),
     }
 
 
@@ -84,6 +88,19 @@ def test_two_processes_train_with_ddp_and_only_rank_0_writes(variants):
     # the same 4 steps of micro-batches of 4 on each rank: 2 steps per epoch of 16 examples
     assert ddp["info"]["steps"] == 4 and len(ddp["log"]) == 4
     assert set(ddp["adapter"]) == set(variants["plain"]["adapter"])
+
+
+def test_packed_rows_train_alike_under_deepspeed_and_ddp(variants):
+    """training.packing under DeepSpeed ZeRO-2 follows the plain packed path's loss curve and
+    adapter; under DDP each rank packs its own micro-batch and trains the same steps."""
+    packed, ds, ddp = variants["packed"], variants["packed_zero2"], variants["packed_ddp2"]
+    assert packed["info"]["spec"]["packing"] and ds["info"]["spec"]["packing"]
+    assert list(packed["log"]["tokens"]) == list(variants["plain"]["log"]["tokens"])
+    np.testing.assert_allclose(ds["log"]["loss"], packed["log"]["loss"], rtol=1e-4)
+    for key, want in packed["adapter"].items():
+        np.testing.assert_allclose(ds["adapter"][key].float(), want.float(), atol=1e-5)
+    assert ddp["info"]["world_size"] == 2 and ddp["info"]["spec"]["packing"]
+    assert ddp["info"]["steps"] == 4 and ddp["text"].count("promptcl.stage: done:") == 1
 
 
 def _job(tmp_path: Path, **training) -> StageJob:

@@ -1,6 +1,6 @@
-"""Padding a batch of token sequences: right for training (labels follow), left for scoring and
-generation (every sequence ends at the last column, where answers are read and generation
-continues)."""
+"""Batches of token sequences: padded right (labels follow) or left (scoring, generation and
+training: every sequence ends at the last column, where answers are read and generation
+continues), or packed into one row with per-example attention boundaries (training on GPUs)."""
 
 from __future__ import annotations
 
@@ -104,6 +104,39 @@ class PadCollator:
         return out
 
 
+class PackCollator:
+    """``training.packing``: a micro-batch's examples concatenated into one row, no padding.
+
+    Position ids restart at 0 for each example; with no attention mask, transformers derives a
+    block-diagonal causal mask from them (sdpa, eager and this project's CPU attention) and
+    flash_attention_2 runs its variable-length kernel, so no example attends to another and
+    every token's computation is that of its unpadded sequence. ``use_cache=False`` is part of
+    the batch: a cache would switch the packed-mask detection off and silently let the examples
+    attend to each other. The loss is unchanged (the same answer tokens, the same mean)."""
+
+    def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
+        ids = [t for ex in batch for t in ex["input_ids"]]
+        labels = [t for ex in batch for t in ex["labels"]]
+        pos = [p for ex in batch for p in range(len(ex["input_ids"]))]
+        return {
+            "input_ids": torch.tensor([ids], dtype=torch.long),
+            "labels": torch.tensor([labels], dtype=torch.long),
+            "position_ids": torch.tensor([pos], dtype=torch.long),
+            "use_cache": False,
+        }
+
+
+def collator(pad_token_id: int, packing: bool):
+    """Training's collator: left padding by default, one packed row with ``packing``."""
+    return PackCollator() if packing else PadCollator(pad_token_id, left=True)
+
+
+def batch_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Real (non-padding) tokens of a padded or packed batch."""
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
+
+
 def last_positions(width: int, keep: int, device=None) -> torch.Tensor:
     """``logits_to_keep`` as the indices of the last ``keep`` positions, not the int ``keep``.
 
@@ -114,14 +147,33 @@ def last_positions(width: int, keep: int, device=None) -> torch.Tensor:
     return torch.arange(width - keep, width, device=device)
 
 
+def loss_positions(labels: torch.Tensor) -> torch.Tensor:
+    """The positions the loss needs, in order: every answer token's and the one before it.
+
+    The model's loss compares the logits at kept position k with the label at kept position
+    k + 1; every answer position p is kept together with p - 1, so that pair is always (p - 1,
+    p), and a label at p - 1 that is not an answer's carries no loss. Left-padded rows give the
+    final window (:func:`answer_window`, the same indices as :func:`last_positions`); a packed
+    row gives each example's answer with its predicting position."""
+    answer = (labels != IGNORE_INDEX).any(dim=0)
+    if not bool(answer.any()):
+        return torch.arange(labels.shape[1], device=labels.device)
+    keep = answer.clone()
+    keep[:-1] |= answer[1:]
+    return keep.nonzero().squeeze(1)
+
+
 def crop_to_answers(batch: dict[str, torch.Tensor], indices: bool = True) -> dict:
-    """A training batch whose loss projects only the answer window to the vocabulary: labels
-    cropped to it and ``logits_to_keep`` naming its positions (``indices=False``: the window's
-    length, the slower slicing kept for A/B benchmarks); the loss is unchanged."""
+    """A training batch whose loss projects only the answer positions to the vocabulary: labels
+    gathered at :func:`loss_positions` and ``logits_to_keep`` naming them (``indices=False``:
+    the int length of the final window, the slower slicing kept for A/B benchmarks, left
+    padding only); the loss is unchanged."""
     labels = batch["labels"]
-    keep = answer_window(labels)
-    kept = last_positions(labels.shape[1], keep, labels.device) if indices else keep
-    return {**batch, "labels": labels[:, -keep:], "logits_to_keep": kept}
+    if not indices:
+        keep = answer_window(labels)
+        return {**batch, "labels": labels[:, -keep:], "logits_to_keep": keep}
+    kept = loss_positions(labels)
+    return {**batch, "labels": labels[:, kept], "logits_to_keep": kept}
 
 
 def answer_window(labels: torch.Tensor) -> int:

@@ -55,6 +55,8 @@ class TrainSpec:
     gradient_checkpointing: bool = False
     #: optimiser steps whose examples are sorted by length together (0: random batches)
     length_grouping: int = 4
+    #: each micro-batch's examples in one row with per-example attention boundaries, no padding
+    packing: bool = False
     deepspeed: str | None = None
     seed: int = 0
     precision: str = "fp32"

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from .adapters import trainable_adapter
-from .batching import LengthGroupedSampler, PadCollator, crop_to_answers
+from .batching import LengthGroupedSampler, batch_tokens, collator, crop_to_answers
 from .data import epoch_tracker
 from .launch import TrainingInterrupted, preemption_guard, world_size
 from .prompting import IGNORE_INDEX
@@ -89,7 +89,7 @@ def _make_trainer_class():
             self._t0 = time.perf_counter()
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            self._tokens += int(inputs["attention_mask"].sum())
+            self._tokens += batch_tokens(inputs)
             self._answer_tokens += int((inputs["labels"] != IGNORE_INDEX).sum())
             # project to the vocabulary only where labels exist: the loss is the same, and the
             # full projection and its log-softmax were a third of a step's time
@@ -214,7 +214,7 @@ def fit(
         model=model,
         args=args,
         train_dataset=examples,
-        data_collator=PadCollator(tokenizer.pad_token_id, left=True),
+        data_collator=collator(tokenizer.pad_token_id, spec.packing),
         adapter=adapter,
         penalty=penalty,
         loss_term=loss_term,
