@@ -87,3 +87,23 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def tiny_gemma3(window: int, seed: int = 0):
+    """A 4-layer Gemma 3 text model (3 sliding-window layers of ``window``, 1 full), random
+    weights, in memory: for code that must handle sliding-window caches and masks."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    config = Gemma3TextConfig(
+        vocab_size=100,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        sliding_window=window,
+        layer_types=["sliding_attention"] * 3 + ["full_attention"],
+    )
+    return Gemma3ForCausalLM(config)

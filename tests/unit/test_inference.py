@@ -186,27 +186,15 @@ def test_prefix_sharing_with_sliding_window_layers_only_where_the_window_covers_
     """Gemma 3's sliding-window layers count cache slots: sharing (pads after the prefix) is
     used only when the window covers prompt and answer, and then gives the same tokens."""
     import torch
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     from promptcl.batching import left_pad
     from promptcl.inference import _shareable, greedy_tokens
+    from tests.helpers.models import tiny_gemma3
 
-    torch.manual_seed(0)
     prefix = list(range(10, 22))
     ids, mask = left_pad([prefix + [3, 4, 5], prefix + [7], prefix + [8, 9, 30, 31, 32, 33]], 0)
     for window, shared in ((16, False), (512, True)):
-        config = Gemma3TextConfig(
-            vocab_size=100,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=4,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            head_dim=16,
-            sliding_window=window,
-            layer_types=["sliding_attention"] * 3 + ["full_attention"],
-        )
-        model = Gemma3ForCausalLM(config).eval()
+        model = tiny_gemma3(window).eval()
         assert _shareable(model, ids.shape[1] + 6) is shared
         with torch.inference_mode():
             got = greedy_tokens(model, ids, mask, 6, [])

@@ -19,6 +19,7 @@ from promptcl.modeling import load_base_model, load_state
 from promptcl.prompting import IGNORE_INDEX
 from promptcl.specs import TrainSpec
 from promptcl.trainer import fit
+from tests.helpers.models import tiny_gemma3
 from tests.helpers.stages import FMT, LORA, spec, table, train
 
 
@@ -338,24 +339,6 @@ def test_packed_batch_gives_the_padded_loss_and_gradients(tiny_model_dir, tiny_t
         torch.testing.assert_close(grad, want_grads[name], rtol=1e-3, atol=1e-6)
 
 
-def _tiny_gemma3(window: int):
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    torch.manual_seed(0)
-    config = Gemma3TextConfig(
-        vocab_size=100,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        sliding_window=window,
-        layer_types=["sliding_attention"] * 3 + ["full_attention"],
-    )
-    return Gemma3ForCausalLM(config)
-
-
 @pytest.mark.parametrize("attention", ["eager", "sdpa", "cpu_dispatch"])
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
 def test_packed_examples_do_not_attend_to_each_other(
@@ -371,7 +354,7 @@ def test_packed_examples_do_not_attend_to_each_other(
         model = build_stage_model(tiny_model_dir, [], LORA, 1, seed=3)
         examples = _packable(tiny_tokenizer)
     else:
-        model = _tiny_gemma3(window=4)
+        model = tiny_gemma3(window=4)
         examples = [
             {"input_ids": ids, "labels": ids}
             for ids in ([5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16, 17], [18, 19, 20])
