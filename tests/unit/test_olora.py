@@ -12,7 +12,7 @@ from peft.tuners.lora import LoraLayer
 from promptcl import trainer as trainer_module
 from promptcl.adapters import save_adapter
 from promptcl.batching import PadCollator
-from promptcl.methods import build_stage_model
+from promptcl.methods import METHODS, build_stage_model
 from promptcl.methods.olora import (
     OLoraSpec,
     add_penalty,
@@ -337,6 +337,11 @@ def test_for_stage_picks_per_stage_values():
             for_stage(bad, 1)
     with pytest.raises(ValueError, match="stage number"):
         OLoraSpec.from_config({"lambda1": [0.5, 0.1]})
+    # the config check reads every stage's value of a list (it once refused lists outright)
+    method = METHODS["olora"]
+    method.check_config({"olora": {"lambda1": [0.5, 0.1], "lambda2": [0.0, 0.2, 0.0]}})
+    with pytest.raises(ValueError, match="olora.lambda2: expected a finite number >= 0"):
+        method.check_config({"olora": {"lambda2": [0.0, -1.0]}})
 
 
 def test_lora_pairs_rejects_unknown_adapters(tiny_model_dir, adapters):

@@ -214,7 +214,10 @@ class OLoRA(IncLoRA):
     config_sections = ("olora",)
 
     def check_config(self, config: dict) -> None:
-        OLoraSpec.from_config(config["olora"])
+        cfg = config["olora"]
+        lists = [len(v) for v in cfg.values() if isinstance(v, (list, tuple))]
+        for stage in range(1, max([1, *lists]) + 1):  # every value of a per-stage list
+            OLoraSpec.from_config(cfg, stage)
 
     def check_launch(self, train) -> None:
         self._refuse_zero3(train, "LoRA A matrices")
