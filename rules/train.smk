@@ -2,6 +2,8 @@ rule train_stage:
     """Stage k of a run: a LoRA trained on task k with the run's method and prompt strategy
     (inclora/olora/lwf: a new LoRA over the frozen LoRAs of stages < k; seqlora/replay/ewc: one
     LoRA continued; single: a LoRA from the base model; multitask: all tasks at stage T).
+    Where a method's stage 1 trains what IncLoRA's does (olora with lambda2 0, seqlora, replay,
+    single), that stage is the IncLoRA run's, trained once (PLAN.owner).
 
     Resumable checkpoints live in results/<run>/stage_<k>/state/, which is deliberately not a
     declared output (Snakemake deletes declared outputs before a job restarts)."""

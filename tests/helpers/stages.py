@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from promptcl.adapters import save_adapter
+from promptcl.candidates import make_table
 from promptcl.data import encode_table
 from promptcl.methods import build_stage_model
 from promptcl.modeling import adapter_name
@@ -47,3 +48,29 @@ def train(model_dir, tokenizer, prev, stage, out_root: Path, label: str, **kw) -
     save_adapter(model, adapter_name(stage), out, str(model_dir))
     (out_root / f"log{stage}.json").write_text(json.dumps(result.info, default=str))
     return out
+
+
+def stage_job(root: Path, model_dir: Path, method: str = "inclora", options: dict | None = None):
+    """Stage 1 of a run of ``method`` as the train_stage rule gives it: 8 examples, the
+    original prompt alone as candidate, the schema's LoRA and training defaults."""
+    from promptcl.job import StageJob
+
+    root.mkdir(parents=True, exist_ok=True)
+    table(8, "yes").to_parquet(root / "train.parquet")
+    make_table("Say the label.", [], [], "file", "").to_parquet(root / "c.parquet")
+    return StageJob(
+        stage=1,
+        run={"run": f"r-{method}", "method": method, "strategy": "original", "seed": 0},
+        task="t",
+        model_dir=str(model_dir),
+        train=str(root / "train.parquet"),
+        candidates=str(root / "c.parquet"),
+        adapter_out=str(root / "adapter"),
+        train_log_out=str(root / "log.parquet"),
+        state_dir=str(root / "state"),
+        model={"precision": "fp32", "trust_remote_code": False},
+        prompt={},
+        lora={},
+        training={},
+        options=options or {},
+    )

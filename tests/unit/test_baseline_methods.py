@@ -28,7 +28,8 @@ from promptcl.methods.replay import ReplaySpec, replay_parts, replay_rows
 from promptcl.modeling import adapter_name, load_state
 from promptcl.prompting import PromptFormat
 from promptcl.specs import LoraSpec
-from tests.helpers.stages import table
+from tests.helpers import REPO
+from tests.helpers.stages import stage_job, table
 
 LORA = LoraSpec(r=2, alpha=4, dropout=0.0, target_modules=("q_proj", "v_proj"))
 FMT = PromptFormat()
@@ -270,3 +271,33 @@ def test_reference_runs_declare_their_rows_of_r():
     assert METHODS["replay"].state_before(3) == [2] and METHODS["ewc"].state_before(3) == [2]
     assert METHODS["lwf"].state_before(3) == [1, 2]
     assert np.all([METHODS[m].joint_stages(3) == [] for m in ("inclora", "replay", "single")])
+
+
+def test_methods_that_share_their_first_stage_train_inclora_s_bitwise(tiny_model_dir, tmp_path):
+    """What lets the DAG train one stage 1 for inclora, olora (lambda2 = 0), seqlora, replay
+    and single (:meth:`Method.shares_first_stage`): the whole stage job of each, with the
+    schema's defaults for its config sections, saves the same LoRA bit for bit. LwF, which
+    declares it does not share, distils towards the base model at stage 1 and differs."""
+    import yaml
+    from safetensors.torch import load_file
+    from snakemake.utils import validate
+
+    from promptcl.recipe import run_stage
+
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    validate(config, str(REPO / "config/schema.yaml"))
+
+    def weights(method: str) -> dict[str, torch.Tensor]:
+        options = METHODS[method].options(config)
+        run_stage(stage_job(tmp_path / method, tiny_model_dir, method, options))
+        return load_file(str(tmp_path / method / "adapter/adapter_model.safetensors"))
+
+    sharing = [m for m, method in METHODS.items() if method.shares_first_stage(config)]
+    assert sharing == ["inclora", "olora", "seqlora", "replay", "single"]
+    first = weights("inclora")
+    for method in sharing[1:]:
+        other = weights(method)
+        assert other.keys() == first.keys(), method
+        assert all(torch.equal(other[k], first[k]) for k in first), method
+    lwf = weights("lwf")
+    assert not all(torch.equal(lwf[k], first[k]) for k in first)

@@ -55,7 +55,54 @@ def test_each_method_declares_the_states_of_its_stages():
     assert plan.state_before(wc(run=seq, stage="3")) == [adapter(seq, 2)]
     assert plan.state_before(wc(run=seq, stage="1")) == []
     assert plan.state_after(wc(run=seq, stage="2")) == [adapter(seq, 2)]
-    assert plan.stage_records(wc(run=seq, stage="2")) == [adapter(seq, 1), adapter(seq, 2)]
+    assert plan.stage_records(wc(run=seq, stage="2")) == [adapter(inc, 1), adapter(seq, 2)]
+
+
+def _owners(plan: WorkflowPlan, stage: int) -> dict[str, str]:
+    return {name: plan.owner(name, stage) for name in plan.runs}
+
+
+def test_methods_that_start_as_inclora_share_its_first_stage():
+    """Stage 1 of olora (lambda2 = 0), seqlora, replay and single trains what IncLoRA's does
+    (a new LoRA on task 1 from the base model): one job trains it, one predicts after it, and
+    every later stage and the accuracy matrix read it there. EWC (its Fisher), LwF (distils
+    towards the base model) and multitask (trains stage T only) keep their own."""
+    runs = {"sequences": ["demo"], "methods": list(METHODS), "prompt_strategies": ["paft"]}
+    plan = plan_of(runs={**runs, "seeds": [0, 1]})
+    host = {seed: f"demo-inclora-paft-s{seed}" for seed in (0, 1)}
+    for name, owner in _owners(plan, 1).items():
+        method, seed = plan.runs[name].method, plan.runs[name].seed
+        shared = method in {"inclora", "olora", "seqlora", "replay", "single"}
+        assert owner == (host[seed] if shared else name), name
+    assert set(_owners(plan, 2).values()) == set(plan.runs), "later stages are each run's own"
+    assert plan.host_runs == {}, "the IncLoRA runs are configured"
+
+    replay = wc(run="demo-replay-paft-s0", stage="2")
+    assert plan.state_before(replay) == [paths.fill(paths.ADAPTER, run=host[0], stage=1)]
+    (companion,) = [c for c in plan.stage_companions(replay) if c["stage"] == 1]
+    assert companion["record"] == paths.fill(paths.ADAPTER, run=host[0], stage=1)
+    assert plan.stage_predictions(wc(run="demo-single-paft-s0"))[0] == paths.fill(
+        paths.PREDICTIONS, run=host[0], stage=1
+    )
+    with pytest.raises(ConfigError, match="stage 1 of run demo-replay-paft-s0 is stage 1 of "):
+        plan.stage_task(wc(run="demo-replay-paft-s0", stage="1"))
+
+    # without IncLoRA in the config, its run hosts stage 1 alone, under the same name: adding
+    # it later reruns nothing
+    alone = plan_of(runs={**runs, "methods": ["replay", "olora"], "seeds": [0]})
+    assert set(_owners(alone, 1).values()) == {host[0]}
+    assert set(alone.host_runs) == {host[0]} and host[0] in alone.all_runs
+    assert host[0] not in alone.runs, "a host has no summary row"
+    assert alone.stage_task(wc(run=host[0], stage="1")) == "task195"
+
+
+def test_olora_shares_its_first_stage_only_without_the_l2_term():
+    runs = {"sequences": ["demo"], "methods": ["olora"], "prompt_strategies": ["sapo"]}
+    runs["seeds"] = [0]
+    assert plan_of(runs=runs).owner("demo-olora-sapo-s0", 1) == "demo-inclora-sapo-s0"
+    own = plan_of(runs=runs, olora={"lambda1": 0.5, "lambda2": [0.1, 0.0]})
+    assert own.owner("demo-olora-sapo-s0", 1) == "demo-olora-sapo-s0"
+    assert own.host_runs == {}
 
 
 def test_scores_are_asked_only_by_strategies_that_need_them():

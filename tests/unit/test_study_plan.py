@@ -45,15 +45,28 @@ def test_cells_share_the_parents_first_stage():
     cell = "study_task195_task1310-olora-fixed_2-s1"
     parent = "study_task195_task1310-olora-original-s1"
     assert plan.all_runs[cell].fork == (parent, 1)
-    assert plan.owner(cell, 1) == parent and plan.owner(cell, 2) == cell
-    # T2's stage starts from the parent's T1 adapter; its predictions after stage 1 are the parent's
+    # O-LoRA's stage 1 is IncLoRA's (lambda2 = 0): the parent forks from the IncLoRA parent
+    first = "study_task195_task1310-inclora-original-s1"
+    assert plan.all_runs[parent].fork == (first, 1)
+    assert plan.owner(cell, 1) == first and plan.owner(cell, 2) == cell
+    assert plan.owner(parent, 2) == parent
+    # T2's stage starts from the shared T1 adapter; its predictions after stage 1 are that run's
     assert plan.state_before(wc(run=cell, stage="2")) == [
-        paths.fill(paths.ADAPTER, run=parent, stage=1)
+        paths.fill(paths.ADAPTER, run=first, stage=1)
     ]
     assert plan.stage_predictions(wc(run=cell)) == [
-        paths.fill(paths.PREDICTIONS, run=parent, stage=1),
+        paths.fill(paths.PREDICTIONS, run=first, stage=1),
         paths.fill(paths.PREDICTIONS, run=cell, stage=2),
     ]
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    config.update(yaml.safe_load((REPO / "config/study.yaml").read_text()))
+    config["study"]["methods"] = ["olora"]
+    config["olora"] = {"lambda2": 0.1}  # the L2 term acts at stage 1: nothing to share
+    validate(config, str(REPO / "config/schema.yaml"))
+    own = WorkflowPlan.from_config(config, REPO)
+    own_cell = "study_task195_task1310-olora-fixed_2-s0"
+    assert own.owner(own_cell, 1) == "study_task195_task1310-olora-original-s0"
+    assert own.host_runs == {}
     assert plan.stage_task(wc(run=cell, stage="2")) == "task1310"
     with pytest.raises(ConfigError, match="stage 1 of run .* is stage 1 of"):
         plan.stage_task(wc(run=cell, stage="1"))

@@ -20,7 +20,7 @@ from promptcl.prompting import IGNORE_INDEX
 from promptcl.specs import TrainSpec
 from promptcl.trainer import fit
 from tests.helpers.models import tiny_gemma3
-from tests.helpers.stages import FMT, LORA, spec, table, train
+from tests.helpers.stages import FMT, LORA, spec, stage_job, table, train
 
 
 @pytest.fixture(scope="module")
@@ -200,34 +200,11 @@ def test_global_batch_size_derives_the_accumulation_from_the_process_count():
 # --- safe resume ---------------------------------------------------------------------------------
 
 
-def _stage_job(root: Path, model_dir: Path):
-    from promptcl.job import StageJob
-
-    root.mkdir(parents=True, exist_ok=True)
-    table(8, "yes").to_parquet(root / "train.parquet")
-    pd.DataFrame({"candidate_id": [0], "text": ["Say the label."]}).to_parquet(root / "c.parquet")
-    return StageJob(
-        stage=1,
-        run={"run": "r", "method": "inclora", "strategy": "original", "seed": 0},
-        task="t",
-        model_dir=str(model_dir),
-        train=str(root / "train.parquet"),
-        candidates=str(root / "c.parquet"),
-        adapter_out=str(root / "adapter"),
-        train_log_out=str(root / "log.parquet"),
-        state_dir=str(root / "state"),
-        model={"precision": "fp32", "trust_remote_code": False},
-        prompt={},
-        lora={},
-        training={},
-    )
-
-
 def test_checkpoints_of_changed_input_contents_are_discarded(tiny_model_dir, tmp_path):
     """An upstream rerun that rewrites a task table in place must not resume old checkpoints."""
     from promptcl.job import claim_state_dir
 
-    job = _stage_job(tmp_path, tiny_model_dir)
+    job = stage_job(tmp_path, tiny_model_dir)
     state = Path(job.state_dir)
     claim_state_dir(state, job.fingerprint(1))
     (state / "checkpoint-2").mkdir()

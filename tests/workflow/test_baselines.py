@@ -71,7 +71,35 @@ def test_replay_mixes_earlier_examples_with_the_prompt_they_trained_with(every_p
     assert replayed["task"] == SEQUENCE[0] and replayed["examples"] == 3
     assert replayed["candidate_id"] == 1  # stage 1 trained task 1 with candidate 1
     assert record["examples"] == 8 + 3
-    assert "replayed" not in _record(every_pair, run, 1)
+    # its stage 1 is IncLoRA's (nothing to replay yet): trained once, in IncLoRA's folder
+    assert not (every_pair / f"results/{run}/stage_1").exists()
+    assert "replayed" not in _record(every_pair, _run("inclora", "fixed:1"), 1)
+
+
+def test_methods_that_start_as_inclora_share_its_first_stage(every_pair):
+    """One stage-1 job (and one prediction job after it) per strategy for inclora, olora,
+    seqlora, replay and single; EWC (its Fisher) and LwF (distils towards the base model) train
+    their own; their rows 1 of R are the same cells."""
+    results = every_pair / "results"
+    sharing = {"inclora", "olora", "seqlora", "replay", "single"}
+    for strategy in STRATEGIES:
+        host = _run("inclora", strategy)
+        for method in METHODS:
+            run = _run(method, strategy)
+            owns = (results / run / "stage_1").exists()
+            assert owns == (method in {"inclora", "ewc", "lwf"}), run
+            if method in sharing:
+                row_1 = [
+                    pd.read_parquet(results / r / "metrics/accuracy_matrix.parquet")
+                    .query("stage == 1")
+                    .drop(columns="run")
+                    .reset_index(drop=True)
+                    for r in (run, host)
+                ]
+                assert len(row_1[0]) > 0
+                pd.testing.assert_frame_equal(*row_1)
+        trained = (results / "benchmarks").glob(f"*-{strategy.replace(':', '_')}-s0/stage_1/")
+        assert len(list(trained)) == 3  # inclora's, ewc's and lwf's
 
 
 def test_ewc_and_lwf_log_their_terms_apart_from_the_task_loss(every_pair):

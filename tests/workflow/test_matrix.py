@@ -60,37 +60,33 @@ def test_sapo_trains_with_the_argmin_of_the_state_it_starts_from(matrix):
     heldout_id = int(candidates.loc[candidates["heldout"], "candidate_id"].iloc[0])
     assert heldout_id not in set(base_scores["candidate_id"]), "held-out prompts are never scored"
     best = int(base_scores.sort_values(["mean_token_loss", "candidate_id"])["candidate_id"].iloc[0])
+    # stage 1 of every run starts from the base model: one shared scoring job
+    assert not (matrix / "results/m-inclora-sapo-s0/stage_1/prompt_scores.parquet").exists()
+    assert _info(matrix, "m-inclora-sapo-s0", 1)["prompt"]["candidate_id"] == best
     for run in ("m-inclora-sapo-s0", "m-olora-sapo-s0"):
-        # stage 1 of every run starts from the base model: one shared scoring job
-        assert not (matrix / f"results/{run}/stage_1/prompt_scores.parquet").exists()
-        assert _info(matrix, run, 1)["prompt"]["candidate_id"] == best
         scores = pd.read_parquet(matrix / f"results/{run}/stage_2/prompt_scores.parquet")
         assert (scores["adapters"] == 1).all()
         stage2 = scores.sort_values(["mean_token_loss", "candidate_id"])["candidate_id"].iloc[0]
         assert _info(matrix, run, 2)["prompt"]["candidate_id"] == int(stage2)
-    # O-LoRA's penalty is zero at stage 1 (no earlier LoRA, lambda2 = 0): same adapter as IncLoRA
-    from safetensors.torch import load_file
-
-    a, b = (
-        load_file(str(matrix / f"results/{r}/stage_1/adapter/adapter_model.safetensors"))
-        for r in ("m-inclora-sapo-s0", "m-olora-sapo-s0")
-    )
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    # O-LoRA's penalty is zero at stage 1 (no earlier LoRA, lambda2 = 0): it trains what IncLoRA's
+    # stage 1 trains, so it is IncLoRA's, trained once (tests/workflow/test_baselines.py checks
+    # the adapters were bitwise equal when each run trained its own)
+    assert not (matrix / "results/m-olora-sapo-s0/stage_1").exists()
 
 
 def test_static_strategies_and_paft_record_their_prompts(matrix):
     assert _info(matrix, "m-inclora-original-s0", 1)["prompt"]["candidate_id"] == 0
     assert _info(matrix, "m-inclora-fixed_2-s0", 2)["prompt"]["candidate_id"] == 2
-    paft = _info(matrix, "m-seqlora-paft-s0", 1)["prompt"]["candidate_ids"]
+    # seqlora's stage 1 is IncLoRA's: its run hosts it, though inclora × paft is not configured
+    assert not (matrix / "results/m-seqlora-paft-s0/stage_1").exists()
+    paft = _info(matrix, "m-inclora-paft-s0", 1)["prompt"]["candidate_ids"]
     candidates = pd.read_parquet(matrix / "results/prompts/task195/candidates.parquet")
     trainable = candidates[candidates["valid"] & ~candidates["heldout"]]["candidate_id"]
     assert paft == sorted(int(i) for i in trainable)
 
 
 def test_olora_logs_task_loss_and_penalty(matrix):
-    first = pd.read_parquet(matrix / "results/m-olora-sapo-s0/stage_1/train_log.parquet")
     second = pd.read_parquet(matrix / "results/m-olora-sapo-s0/stage_2/train_log.parquet")
-    assert (first["penalty"] == 0).all(), "no earlier LoRA: no orthogonality penalty"
     assert (second["penalty"] > 0).all()
     assert second["task_loss"].to_numpy() == pytest.approx(
         (second["loss"] - second["penalty"]).to_numpy()
@@ -103,7 +99,7 @@ def test_seqlora_keeps_one_lora(matrix):
     from safetensors.torch import load_file
 
     one = load_file(
-        str(matrix / "results/m-seqlora-paft-s0/stage_1/adapter/adapter_model.safetensors")
+        str(matrix / "results/m-inclora-paft-s0/stage_1/adapter/adapter_model.safetensors")
     )
     two = load_file(
         str(matrix / "results/m-seqlora-paft-s0/stage_2/adapter/adapter_model.safetensors")

@@ -8,7 +8,7 @@ prompt strategy is asked of their registered modules (:mod:`promptcl.methods`,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import paths
@@ -22,12 +22,35 @@ from .runs import (
     expand_runs,
     model_source_file,
     resolve_tasks,
+    run_name,
     task_input_files,
     task_sources,
 )
 from .strategies import strategy_of
 from .study.design import Branch, plan_study
 from .tasks import TaskFiles
+
+
+def share_first_stages(config: dict, runs: dict[str, Run]) -> tuple[dict[str, Run], dict[str, Run]]:
+    """Fork every run whose method :meth:`~promptcl.methods.base.Method.shares_first_stage`
+    from the IncLoRA run of its sequence, strategy and seed at stage 1, so that stage is
+    trained and evaluated once. Returns the runs and the IncLoRA runs that only host a shared
+    stage 1 (not configured: their folders hold stage 1 alone, and no summary row)."""
+    hosts: dict[str, Run] = {}
+    out: dict[str, Run] = {}
+    for name, run in runs.items():
+        if (
+            run.fork is not None
+            or run.method == "inclora"
+            or not method_of(run.method).shares_first_stage(config)
+        ):
+            out[name] = run
+            continue
+        host = run_name(run.sequence, "inclora", run.strategy, run.seed)
+        if host not in runs:
+            hosts[host] = replace(run, name=host, method="inclora")
+        out[name] = replace(run, fork=(host, 1))
+    return out, hosts
 
 
 def check_methods(config: dict, runs) -> None:
@@ -54,11 +77,14 @@ class WorkflowPlan:
     model_file: Path | None
     branches: dict[str, Branch]
     study_runs: dict[str, Run]
+    #: IncLoRA runs that are not configured but host a first stage other runs share
+    host_runs: dict[str, Run] = field(default_factory=dict)
 
     @property
     def all_runs(self) -> dict[str, Run]:
-        """The configured runs and every run the study may train (its cells)."""
-        return {**self.runs, **self.study_runs}
+        """The configured runs, every run the study may train (its cells) and the hosts of
+        shared first stages."""
+        return {**self.runs, **self.study_runs, **self.host_runs}
 
     @classmethod
     def from_config(cls, config: dict, workflow_dir: Path) -> WorkflowPlan:
@@ -71,7 +97,10 @@ class WorkflowPlan:
         tasks = resolve_tasks([*runs.values(), *cells.values()], task_sources(config, workflow_dir))
         model_file = model_source_file(config, workflow_dir)
         check_methods(config, [*runs.values(), *cells.values()])
-        dag = cls(config, workflow_dir, runs, tasks, model_file, branches, cells)
+        shared, hosts = share_first_stages(config, {**runs, **cells})
+        runs = {name: shared[name] for name in runs}
+        cells = {name: shared[name] for name in cells}
+        dag = cls(config, workflow_dir, runs, tasks, model_file, branches, cells, hosts)
         dag.check_prompt_inputs()
         check_api_key(config, [Path(dag.candidates_of(t)) for t in dag.prompt_tasks])
         return dag
@@ -82,9 +111,11 @@ class WorkflowPlan:
         return self.all_runs[wildcards.run]
 
     def owner(self, run: str, stage: int) -> str:
-        """The run whose stage ``stage`` is this run's (itself, unless forked from another)."""
+        """The run that trains this run's stage ``stage``: itself, unless it forks from another
+        run up to that stage (a study cell from its parent, a run whose method shares its first
+        stage from the IncLoRA run), followed to the run that is not forked there."""
         fork = self.all_runs[run].fork
-        return fork[0] if fork is not None and stage <= fork[1] else run
+        return self.owner(fork[0], stage) if fork is not None and stage <= fork[1] else run
 
     def trained_stages(self, run: Run) -> list[int]:
         """The stages the run's method trains (and evaluates after)."""
@@ -98,7 +129,9 @@ class WorkflowPlan:
                 f"run {run.name} ({run.method}) trains stages {self.trained_stages(run)}, not {k}"
             )
         if self.owner(run.name, k) != run.name:
-            raise ConfigError(f"stage {k} of run {run.name} is stage {k} of {run.fork[0]}")
+            raise ConfigError(
+                f"stage {k} of run {run.name} is stage {k} of {self.owner(run.name, k)}"
+            )
         return run.tasks[k - 1]
 
     def adapters(self, run: str, stages) -> list[str]:

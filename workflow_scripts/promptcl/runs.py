@@ -34,7 +34,8 @@ class Run:
     seed: int
     tasks: tuple[str, ...]
     unseen: tuple[str, ...]
-    #: (run, k): stages 1..k are that run's (the prompt-impact study branches off a shared T1)
+    #: (run, k): stages 1..k are that run's (the prompt-impact study branches off a shared T1;
+    #: methods that start as IncLoRA share its stage 1)
     fork: tuple[str, int] | None = None
 
     @property

@@ -32,13 +32,15 @@ class FigureWiring:
         }
 
     def sapo_stages(self) -> list[tuple[str, int]]:
-        """(run, stage) of every configured run whose strategy chooses by prompt scores."""
-        return [
-            (run.name, k)
+        """(run, stage) of every stage of a configured run whose strategy chooses by prompt
+        scores, named by the run that trains it (a shared stage has one figure)."""
+        stages = [
+            (self.plan.owner(run.name, k), k)
             for run in self.plan.runs.values()
             if strategy_of(run.strategy)[0].needs_scores
             for k in self.plan.trained_stages(run)
         ]
+        return list(dict.fromkeys(stages))
 
     def candidate_inputs(self, wildcards) -> dict:
         scores = self.plan.stage_scores(wildcards)

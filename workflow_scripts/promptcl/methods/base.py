@@ -44,6 +44,14 @@ class Method:
         prompt its own stage trained with (``replay``); none by default."""
         return []
 
+    def shares_first_stage(self, config: dict) -> bool:
+        """Whether stage 1 trains exactly what IncLoRA's stage 1 trains: a new LoRA on task 1
+        from the base model, with the task loss only and nothing saved beside the adapter.
+
+        Such a run's stage 1 (adapter, training log, predictions) is IncLoRA's stage 1 of the
+        same sequence, strategy and seed, trained once for all of them. False by default."""
+        return False
+
     def options(self, config: dict) -> dict:
         return {section: config[section] for section in self.config_sections}
 

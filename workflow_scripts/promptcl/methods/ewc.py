@@ -153,6 +153,9 @@ class EWC(SeqLoRA):
     def check_config(self, config: dict) -> None:
         EwcSpec.from_config(config["ewc"])
 
+    def shares_first_stage(self, config: dict) -> bool:
+        return False  # its stage 1 also saves the Fisher information of task 1
+
     def check_launch(self, train) -> None:
         self._refuse_zero3(train, "LoRA weights")
 

@@ -8,6 +8,9 @@ from .base import Method, _base
 class IncLoRA(Method):
     name = "inclora"
 
+    def shares_first_stage(self, config: dict) -> bool:
+        return True
+
     def state_before(self, stage: int) -> list[int]:
         return list(range(1, stage))
 

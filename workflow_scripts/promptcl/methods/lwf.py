@@ -94,6 +94,9 @@ class LwF(IncLoRA):
     def check_config(self, config: dict) -> None:
         LwfSpec.from_config(config["lwf"])
 
+    def shares_first_stage(self, config: dict) -> bool:
+        return False  # stage 1 distils towards the base model
+
     def loss_term(self, stage: int, options: dict):
         import torch
 

@@ -16,6 +16,9 @@ class Multitask(Single):
 
     name = "multitask"
 
+    def shares_first_stage(self, config: dict) -> bool:
+        return False  # it trains its last stage only
+
     def trained_stages(self, stages: int) -> list[int]:
         return [stages]
 

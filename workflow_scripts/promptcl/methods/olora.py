@@ -219,6 +219,10 @@ class OLoRA(IncLoRA):
         for stage in range(1, max([1, *lists]) + 1):  # every value of a per-stage list
             OLoraSpec.from_config(cfg, stage)
 
+    def shares_first_stage(self, config: dict) -> bool:
+        # no earlier LoRA to be orthogonal to: only lambda2 (the new LoRA's norm) acts at stage 1
+        return OLoraSpec.from_config(config["olora"], 1).lambda2 == 0
+
     def check_launch(self, train) -> None:
         self._refuse_zero3(train, "LoRA A matrices")
 

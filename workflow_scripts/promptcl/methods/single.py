@@ -11,6 +11,9 @@ from .base import Method, _base
 class Single(Method):
     name = "single"
 
+    def shares_first_stage(self, config: dict) -> bool:
+        return True
+
     def state_before(self, stage: int) -> list[int]:
         return []
 
