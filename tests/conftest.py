@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.models import build_tiny_model
+from tests.helpers.workflow import snakemake, tiny_config, write_config
 
 TIERS = {"workflow": ("slow",), "cluster": ("slow", "slurm")}
 
@@ -31,3 +32,13 @@ def tiny_tokenizer(tiny_model_dir):
     from promptcl.modeling import load_tokenizer
 
     return load_tokenizer(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def finished(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny-model workflow run locally, computed once: the workflow tests read it and the
+    SLURM tests compare their run of the same config with it."""
+    work = tmp_path_factory.mktemp("workflow")
+    cfg = write_config(work / "config.yaml", tiny_config(tiny_model_dir))
+    snakemake(work, "--configfile", str(cfg))
+    return work

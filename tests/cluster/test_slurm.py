@@ -120,15 +120,14 @@ def sacct_jobs(output: str) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def pipeline(slurm_cluster, tiny_model_dir, tmp_path_factory) -> dict:
+def pipeline(slurm_cluster, finished, tmp_path_factory) -> dict:
+    """The local tiny-model run's config (``finished``) through SLURM."""
     root = tmp_path_factory.mktemp("slurm_pipeline")
-    config = write_config(root / "config.yaml", tiny_config(tiny_model_dir))
     work = root / "slurm"
-    proc = run_on_slurm(work, slurm_test_profile(root), "--configfile", str(config))
+    config = str(finished / "config.yaml")
+    proc = run_on_slurm(work, slurm_test_profile(root), "--configfile", config)
     output = proc.stdout + proc.stderr
-    local = root / "local"
-    snakemake(local, "--configfile", str(config))
-    return {"work": work, "local": local, "output": output, "jobs": sacct_jobs(output)}
+    return {"work": work, "local": finished, "output": output, "jobs": sacct_jobs(output)}
 
 
 def test_every_cluster_job_went_through_sbatch(pipeline):

@@ -1,4 +1,5 @@
-"""The tiny-model workflow run that several workflow test modules read (computed once)."""
+"""The tiny-model workflow run with a study and the report, which several workflow test modules
+read (computed once); the plain run, ``finished``, is in tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -7,14 +8,6 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.workflow import SEQUENCE, UNSEEN, snakemake, tiny_config, write_config
-
-
-@pytest.fixture(scope="session")
-def finished(tiny_model_dir, tmp_path_factory) -> Path:
-    work = tmp_path_factory.mktemp("workflow")
-    cfg = write_config(work / "config.yaml", tiny_config(tiny_model_dir))
-    snakemake(work, "--configfile", str(cfg))
-    return work
 
 
 @pytest.fixture(scope="session")
