@@ -292,7 +292,7 @@ def test_methods_that_share_their_first_stage_train_inclora_s_bitwise(tiny_model
         run_stage(stage_job(tmp_path / method, tiny_model_dir, method, options))
         return load_file(str(tmp_path / method / "adapter/adapter_model.safetensors"))
 
-    sharing = [m for m, method in METHODS.items() if method.shares_first_stage(config)]
+    sharing = [m for m, method in METHODS.items() if method.first_stage_is_shared(config)]
     assert sharing == ["inclora", "olora", "seqlora", "replay", "single"]
     first = weights("inclora")
     for method in sharing[1:]:

@@ -96,6 +96,24 @@ def test_methods_that_start_as_inclora_share_its_first_stage():
     assert alone.stage_task(wc(run=host[0], stage="1")) == "task195"
 
 
+def test_a_method_shares_its_first_stage_only_by_its_own_declaration():
+    """A new method built on IncLoRA may change stage 1: it trains its own until it declares."""
+    from promptcl.methods.inclora import IncLoRA
+
+    class Warm(IncLoRA):
+        name = "warm"
+
+    class Declared(IncLoRA):
+        name = "declared"
+
+        def shares_first_stage(self, config: dict) -> bool:
+            return True
+
+    assert METHODS["inclora"].first_stage_is_shared({})
+    assert not Warm().first_stage_is_shared({})
+    assert Declared().first_stage_is_shared({})
+
+
 def test_olora_shares_its_first_stage_only_without_the_l2_term():
     runs = {"sequences": ["demo"], "methods": ["olora"], "prompt_strategies": ["sapo"]}
     runs["seeds"] = [0]

@@ -33,16 +33,17 @@ from .tasks import TaskFiles
 
 def share_first_stages(config: dict, runs: dict[str, Run]) -> tuple[dict[str, Run], dict[str, Run]]:
     """Fork every run whose method :meth:`~promptcl.methods.base.Method.shares_first_stage`
-    from the IncLoRA run of its sequence, strategy and seed at stage 1, so that stage is
-    trained and evaluated once. Returns the runs and the IncLoRA runs that only host a shared
-    stage 1 (not configured: their folders hold stage 1 alone, and no summary row)."""
+    (declared by its own class) from the IncLoRA run of its sequence, strategy and seed at
+    stage 1, so that stage is trained and evaluated once. Returns the runs and the IncLoRA runs
+    that only host a shared stage 1 (not configured: their folders hold stage 1 alone, and they
+    get no summary row)."""
     hosts: dict[str, Run] = {}
     out: dict[str, Run] = {}
     for name, run in runs.items():
         if (
             run.fork is not None
             or run.method == "inclora"
-            or not method_of(run.method).shares_first_stage(config)
+            or not method_of(run.method).first_stage_is_shared(config)
         ):
             out[name] = run
             continue

@@ -49,8 +49,15 @@ class Method:
         from the base model, with the task loss only and nothing saved beside the adapter.
 
         Such a run's stage 1 (adapter, training log, predictions) is IncLoRA's stage 1 of the
-        same sequence, strategy and seed, trained once for all of them. False by default."""
+        same sequence, strategy and seed, trained once for all of them. False by default, and
+        never inherited (see :meth:`first_stage_is_shared`)."""
         return False
+
+    def first_stage_is_shared(self, config: dict) -> bool:
+        """:meth:`shares_first_stage` as the method's own class declares it: a subclass that
+        does not declare it itself trains its own stage 1, since it may change what that
+        stage trains (LwF subclasses IncLoRA and distils at stage 1)."""
+        return "shares_first_stage" in type(self).__dict__ and self.shares_first_stage(config)
 
     def options(self, config: dict) -> dict:
         return {section: config[section] for section in self.config_sections}

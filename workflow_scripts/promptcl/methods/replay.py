@@ -94,6 +94,9 @@ class Replay(SeqLoRA):
     def check_config(self, config: dict) -> None:
         ReplaySpec.from_config(config["replay"])
 
+    def shares_first_stage(self, config: dict) -> bool:
+        return True  # nothing to replay yet: seqlora's (IncLoRA's) stage 1
+
     def replayed_stages(self, stage: int) -> list[int]:
         return list(range(1, stage))
 

@@ -10,7 +10,7 @@ class SeqLoRA(Method):
     name = "seqlora"
 
     def shares_first_stage(self, config: dict) -> bool:
-        return True  # its one LoRA starts as IncLoRA's first (replay: nothing to replay yet)
+        return True  # its one LoRA starts as IncLoRA's first
 
     def state_before(self, stage: int) -> list[int]:
         return [stage - 1] if stage > 1 else []
