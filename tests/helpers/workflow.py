@@ -66,3 +66,30 @@ def fails_before_jobs(tmp_path: Path, config: dict, expected: str) -> None:
     assert proc.returncode != 0
     assert expected in out, out[-3000:]
     assert not (tmp_path / "results").exists(), "no job may run on an invalid config"
+
+
+#: the prompt strategies of the every-method × every-strategy DAG (``every_pair``)
+STRATEGIES = ["original", "sapo", "paft", "fixed:1"]
+
+
+def methods_config(model_dir: Path, methods, strategies, seeds=(0,)) -> dict:
+    """Sequence ``b`` (the tiny sequence, unseen task1343) with every section the methods read,
+    on small caps: the config of the baselines' and the methods' DAG tests."""
+    config = tiny_config(model_dir, sequences={"b": {"tasks": SEQUENCE, "unseen": ["task1343"]}})
+    config["data"] = {"caps": {"train": {"n": 8}, "dev": {"n": 4}, "test": {"n": 6}}}
+    config["runs"] = {
+        "sequences": ["b"],
+        "methods": list(methods),
+        "prompt_strategies": list(strategies),
+        "seeds": list(seeds),
+    }
+    config["scoring"] = {"instances": 4, "batch_size": 8}
+    config["replay"] = {"examples": 3}
+    config["ewc"] = {"lambda": 100.0, "fisher_examples": 4}
+    config["comparison"] = {"resamples": 200}
+    return config
+
+
+def pair_run(method: str, strategy: str, seed: int = 0) -> str:
+    """The run folder of ``method`` × ``strategy`` in a :func:`methods_config` DAG."""
+    return f"b-{method}-{strategy.replace(':', '_')}-s{seed}"

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.workflow import SEQUENCE, UNSEEN, snakemake, tiny_config, write_config
+from promptcl.methods import METHODS
+from tests.helpers.workflow import (
+    SEQUENCE,
+    STRATEGIES,
+    UNSEEN,
+    methods_config,
+    snakemake,
+    tiny_config,
+    write_config,
+)
 
 
 @pytest.fixture(scope="session")
@@ -21,4 +30,17 @@ def studied(tiny_model_dir, tmp_path_factory) -> Path:
     cfg = write_config(work / "config.yaml", config)
     snakemake(work, "--configfile", str(cfg))
     snakemake(work, "--configfile", str(cfg), "--report", str(work / "report.html"))
+    return work
+
+
+@pytest.fixture(scope="session")
+def every_pair(tiny_model_dir, tmp_path_factory) -> Path:
+    """Every method × every prompt strategy, one seed, with one held-out evaluation prompt per
+    task, up to the summary and the comparisons (the baselines' and the methods' tests)."""
+    work = tmp_path_factory.mktemp("every_pair")
+    config = methods_config(tiny_model_dir, METHODS, STRATEGIES)
+    config["evaluation"] = {"heldout_prompts": 1}
+    cfg = write_config(work / "config.yaml", config)
+    # targets go before --configfile (which takes every following word as a config file)
+    snakemake(work, "results/summary.txt", "results/comparisons.parquet", "--configfile", str(cfg))
     return work

@@ -7,47 +7,23 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from promptcl.methods import METHODS
-from tests.helpers.workflow import SEQUENCE, planned_jobs, snakemake, tiny_config, write_config
+from tests.helpers.workflow import (
+    SEQUENCE,
+    STRATEGIES,
+    methods_config,
+    pair_run,
+    planned_jobs,
+    snakemake,
+    write_config,
+)
 
-STRATEGIES = ["original", "sapo", "paft", "fixed:1"]
 BASELINE = ("inclora", "original")
-
-
-def _config(model_dir: Path, methods, strategies, seeds=(0,)) -> dict:
-    config = tiny_config(model_dir, sequences={"b": {"tasks": SEQUENCE, "unseen": ["task1343"]}})
-    config["data"] = {"caps": {"train": {"n": 8}, "dev": {"n": 4}, "test": {"n": 6}}}
-    config["runs"] = {
-        "sequences": ["b"],
-        "methods": list(methods),
-        "prompt_strategies": list(strategies),
-        "seeds": list(seeds),
-    }
-    config["scoring"] = {"instances": 4, "batch_size": 8}
-    config["replay"] = {"examples": 3}
-    config["ewc"] = {"lambda": 100.0, "fisher_examples": 4}
-    config["comparison"] = {"resamples": 200}
-    return config
-
-
-@pytest.fixture(scope="module")
-def every_pair(tiny_model_dir, tmp_path_factory) -> Path:
-    """All methods × all strategies, one seed, up to the summary and the comparisons."""
-    work = tmp_path_factory.mktemp("every_pair")
-    cfg = write_config(work / "config.yaml", _config(tiny_model_dir, METHODS, STRATEGIES))
-    # targets go before --configfile (which takes every following word as a config file)
-    snakemake(work, "results/summary.txt", "results/comparisons.parquet", "--configfile", str(cfg))
-    return work
 
 
 def _record(work: Path, run: str, k: int) -> dict:
     return json.loads((work / f"results/{run}/stage_{k}/adapter/promptcl_stage.json").read_text())
-
-
-def _run(method: str, strategy: str, seed: int = 0) -> str:
-    return f"b-{method}-{strategy.replace(':', '_')}-s{seed}"
 
 
 def test_every_method_runs_with_every_strategy(every_pair):
@@ -58,14 +34,14 @@ def test_every_method_runs_with_every_strategy(every_pair):
     assert ap.notna().all()  # every run's final row exists, including multitask's
     for method in METHODS:
         for strategy in STRATEGIES:
-            record = _record(every_pair, _run(method, strategy), 2)
+            record = _record(every_pair, pair_run(method, strategy), 2)
             assert record["method"] == method
             if strategy == "fixed:1":  # the strategy decides the current task's prompt
                 assert record["prompt"]["candidate_id"] == 1
 
 
 def test_replay_mixes_earlier_examples_with_the_prompt_they_trained_with(every_pair):
-    run = _run("replay", "fixed:1")
+    run = pair_run("replay", "fixed:1")
     record = _record(every_pair, run, 2)
     (replayed,) = record["replayed"]
     assert replayed["task"] == SEQUENCE[0] and replayed["examples"] == 3
@@ -73,7 +49,7 @@ def test_replay_mixes_earlier_examples_with_the_prompt_they_trained_with(every_p
     assert record["examples"] == 8 + 3
     # its stage 1 is IncLoRA's (nothing to replay yet): trained once, in IncLoRA's folder
     assert not (every_pair / f"results/{run}/stage_1").exists()
-    assert "replayed" not in _record(every_pair, _run("inclora", "fixed:1"), 1)
+    assert "replayed" not in _record(every_pair, pair_run("inclora", "fixed:1"), 1)
 
 
 def test_methods_that_start_as_inclora_share_its_first_stage(every_pair):
@@ -83,9 +59,9 @@ def test_methods_that_start_as_inclora_share_its_first_stage(every_pair):
     results = every_pair / "results"
     sharing = {"inclora", "olora", "seqlora", "replay", "single"}
     for strategy in STRATEGIES:
-        host = _run("inclora", strategy)
+        host = pair_run("inclora", strategy)
         for method in METHODS:
-            run = _run(method, strategy)
+            run = pair_run(method, strategy)
             owns = (results / run / "stage_1").exists()
             assert owns == (method in {"inclora", "ewc", "lwf"}), run
             if method in sharing:
@@ -105,19 +81,19 @@ def test_methods_that_start_as_inclora_share_its_first_stage(every_pair):
 def test_ewc_and_lwf_log_their_terms_apart_from_the_task_loss(every_pair):
     for method, column in (("ewc", "ewc"), ("lwf", "lwf")):
         log = pd.read_parquet(
-            every_pair / f"results/{_run(method, 'original')}/stage_2/train_log.parquet"
+            every_pair / f"results/{pair_run(method, 'original')}/stage_2/train_log.parquet"
         )
         assert {"task_loss", "penalty", column} <= set(log.columns)
         assert (log["loss"] - log["task_loss"] - log["penalty"]).abs().max() < 1e-6
     for k in (1, 2):
-        adapter = every_pair / f"results/{_run('ewc', 'original')}/stage_{k}/adapter"
+        adapter = every_pair / f"results/{pair_run('ewc', 'original')}/stage_{k}/adapter"
         assert (adapter / "ewc_fisher.safetensors").is_file()
-        assert _record(every_pair, _run("ewc", "original"), k)["ewc"]["fisher_examples"] == 4
+        assert _record(every_pair, pair_run("ewc", "original"), k)["ewc"]["fisher_examples"] == 4
 
 
 def test_the_reference_runs_define_their_rows_of_r(every_pair):
     results = every_pair / "results"
-    multitask = _run("multitask", "sapo")
+    multitask = pair_run("multitask", "sapo")
     assert not (results / multitask / "stage_1").exists()
     record = _record(every_pair, multitask, 2)
     assert set(record["evaluation_prompts"]) == set(SEQUENCE)  # both tasks, jointly
@@ -127,7 +103,7 @@ def test_the_reference_runs_define_their_rows_of_r(every_pair):
     summary = pd.read_parquet(results / "summary.parquet").set_index(["run", "protocol", "metric"])
     row = summary.loc[(multitask, "original_prompt", "rougeL")]
     assert pd.notna(row["AP"]) and pd.isna(row["BWT"]) and pd.isna(row["plasticity"])
-    single = _run("single", "sapo")
+    single = pair_run("single", "sapo")
     assert not (results / single / "stage_2/prompt_scores.parquet").exists()  # scored on base
     assert pd.notna(summary.loc[(single, "original_prompt", "rougeL"), "plasticity"])
 
@@ -137,7 +113,7 @@ def test_each_configuration_is_compared_with_the_baseline_within_its_seed(every_
     by_seed = pd.read_parquet(every_pair / "results/comparisons_by_seed.parquet")
     configs = {(m, s) for m in METHODS for s in STRATEGIES} - {BASELINE}
     assert set(zip(comparisons["method"], comparisons["strategy"], strict=True)) == configs
-    assert set(by_seed["baseline_run"]) == {_run(*BASELINE)}
+    assert set(by_seed["baseline_run"]) == {pair_run(*BASELINE)}
     defined = comparisons["n"] >= 1  # multitask has no BWT, FWT, F, plasticity or ACC
     assert (comparisons.loc[defined, "basis"] == "paired bootstrap over instances (seed 0)").all()
     assert (comparisons.loc[~defined, "verdict"] == "n/a").all()
@@ -147,7 +123,7 @@ def test_each_configuration_is_compared_with_the_baseline_within_its_seed(every_
 
 
 def test_the_reference_runs_dag_shapes(tiny_model_dir, tmp_path):
-    config = _config(tiny_model_dir, ["single", "multitask"], ["original", "sapo"])
+    config = methods_config(tiny_model_dir, ["single", "multitask"], ["original", "sapo"])
     cfg = write_config(tmp_path / "config.yaml", config)
     jobs = planned_jobs(snakemake(tmp_path, "--configfile", str(cfg), "-n").stdout)
     # single: both stages from the base model; multitask: the last stage only
@@ -158,7 +134,7 @@ def test_the_reference_runs_dag_shapes(tiny_model_dir, tmp_path):
 
 
 def test_two_seeds_are_paired_across_seeds(tiny_model_dir, tmp_path):
-    config = _config(tiny_model_dir, ["inclora"], ["original", "fixed:1"], seeds=(0, 1))
+    config = methods_config(tiny_model_dir, ["inclora"], ["original", "fixed:1"], seeds=(0, 1))
     config["sequences"] = {"b": {"tasks": SEQUENCE[:1], "unseen": ["task1343"]}}
     cfg = write_config(tmp_path / "config.yaml", config)
     snakemake(tmp_path, "results/summary.txt", "--configfile", str(cfg))
