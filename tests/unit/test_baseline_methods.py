@@ -24,7 +24,13 @@ from promptcl.methods.ewc import (
     lora_parameters,
 )
 from promptcl.methods.lwf import LwfSpec, distillation, without_adapter
-from promptcl.methods.replay import ReplaySpec, replay_parts, replay_rows
+from promptcl.methods.replay import (
+    ReplaySpec,
+    buffer_sizes,
+    replay_order,
+    replay_parts,
+    replay_rows,
+)
 from promptcl.modeling import adapter_name, load_state
 from promptcl.prompting import PromptFormat
 from promptcl.specs import LoraSpec
@@ -62,14 +68,31 @@ def test_replay_config_errors_name_the_key(cfg, key):
         ReplaySpec.from_config(cfg)
 
 
-def test_replayed_rows_are_a_seeded_sample():
-    rows = replay_rows(50, 8, seed=0, stage=3, earlier_stage=1)
-    assert rows == replay_rows(50, 8, seed=0, stage=3, earlier_stage=1)
+def test_replayed_rows_are_a_prefix_of_one_seeded_permutation_per_task():
+    """The sample depends on the run seed and the task only (not the stage): a stage replays
+    the first rows of the task's one permutation, so a smaller count is a subset."""
+    rows = replay_rows(50, 8, seed=0, task="t1")
+    assert rows == replay_rows(50, 8, seed=0, task="t1")  # reproducible
     assert len(set(rows)) == 8 and rows == sorted(rows) and max(rows) < 50
-    assert rows != replay_rows(50, 8, seed=1, stage=3, earlier_stage=1)
-    assert rows != replay_rows(50, 8, seed=0, stage=3, earlier_stage=2)
+    assert rows == sorted(replay_order(50, 0, "t1")[:8])
+    assert sorted(replay_order(50, 0, "t1")) == list(range(50))
+    assert set(replay_rows(50, 3, 0, "t1")) <= set(rows)
+    assert rows != replay_rows(50, 8, seed=1, task="t1")  # different seeds differ
+    assert rows != replay_rows(50, 8, seed=0, task="t2")  # different tasks differ
     with pytest.raises(ValueError, match="cannot replay 9 of 8"):
-        replay_rows(8, 9, 0, 2, 1)
+        replay_rows(8, 9, 0, "t1")
+
+
+def test_a_buffer_is_the_share_of_the_stage_after_its_task():
+    # stage sizes 40, 30, 20, and the current stage 4 of 60
+    sizes = {1: 40, 2: 30, 3: 20, 4: 60}
+    # examples: task 1 gets 12 at stage 2, task 2 half of 12 at stage 3, task 3 a third at 4
+    assert buffer_sizes(ReplaySpec(examples=12), sizes) == {1: 12, 2: 6, 3: 4}
+    assert buffer_sizes(ReplaySpec(examples=12, max_per_task=5), sizes) == {1: 5, 2: 5, 3: 4}
+    # fraction 0.5 of the next stage's task: 15 of stage 2's 30, 10 / 2 at 3, 30 / 3 at 4
+    assert buffer_sizes(ReplaySpec(examples=None, fraction=0.5), sizes) == {1: 15, 2: 5, 3: 10}
+    with pytest.raises(ValueError, match="no stage 2"):
+        buffer_sizes(ReplaySpec(), {1: 40, 3: 20})
 
 
 def _companion(tmp_path: Path, task: str, stage: int, n: int, trained: int) -> dict:
@@ -99,8 +122,10 @@ def test_replayed_examples_keep_the_prompt_their_stage_trained_with(tmp_path, ti
     spec = ReplaySpec(examples=8, max_per_task=5)
     records, parts = replay_parts(spec, companions, 16, tiny_tokenizer, FMT, (0, 3))
     assert [r["examples"] for r in records] == [4, 3]
+    # t1's buffer is its share at stage 2 (8, capped at 5); t2's is its share here
+    assert [r["buffer"] for r in records] == [5, 3]
     assert [r["candidate_id"] for r in records] == [2, 0]
-    assert records[0]["rows"] == replay_rows(20, 4, 0, 3, 1)
+    assert records[0]["rows"] == replay_rows(20, 4, 0, "t1")
     first = tiny_tokenizer.decode(parts[0][0]["input_ids"])
     assert "Give the label." in first and "Say the label." not in first  # candidate 2
     assert f"sentence number {records[0]['rows'][0]} " in first
@@ -111,6 +136,67 @@ def test_replayed_examples_keep_the_prompt_their_stage_trained_with(tmp_path, ti
     )
     assert [r["candidate_id"] for r in original] == [0, 0]
     assert "Say the label." in tiny_tokenizer.decode(parts[0][0]["input_ids"])
+
+
+def _replayed(spec, companions, sizes, stage, tokenizer, seed=0) -> dict[str, dict]:
+    """Stage ``stage``'s replay records by task (the companions of the stages before it)."""
+    earlier = [c for c in companions if c["stage"] < stage]
+    records, _ = replay_parts(spec, earlier, sizes[stage - 1], tokenizer, FMT, (seed, stage))
+    return {r["task"]: r for r in records}
+
+
+@pytest.mark.parametrize(
+    "spec, examples",
+    [
+        # examples: 12 at stage 2, 6 + 6 at stage 3, 4 + 4 + 4 at stage 4
+        (ReplaySpec(examples=12), {2: [12], 3: [6, 6], 4: [4, 4, 4]}),
+        # a cap of 5 per task
+        (ReplaySpec(examples=12, max_per_task=5), {2: [5], 3: [5, 5], 4: [4, 4, 4]}),
+        # fraction 0.5 of 30, 20, 60: stage 4 asks 10 of task b, whose buffer (stage 3) is 5
+        (ReplaySpec(examples=None, fraction=0.5), {2: [15], 3: [5, 5], 4: [10, 5, 10]}),
+    ],
+)
+def test_replay_draws_each_task_from_one_buffer_over_a_sequence(
+    tmp_path, tiny_tokenizer, spec, examples
+):
+    """Over 4 stages each task's rows at later stages are a prefix of its permutation within the
+    rows of its first replay stage: the run replays at most its buffer of distinct examples."""
+    sizes = [40, 30, 20, 60]  # tasks a, b, c, d at stages 1-4
+    companions = [
+        _companion(tmp_path, task, stage, n, 0)
+        for stage, (task, n) in enumerate(zip("abcd", sizes, strict=True), 1)
+    ]
+    by_stage = {k: _replayed(spec, companions, sizes, k, tiny_tokenizer) for k in (2, 3, 4)}
+    for k, counts in examples.items():
+        assert [by_stage[k][t]["examples"] for t in "abc"[: k - 1]] == counts, k
+    for j, task in enumerate("abc", 1):
+        first = by_stage[j + 1][task]
+        assert first["buffer"] == first["examples"]
+        for k in range(j + 1, 5):
+            later = by_stage[k][task]
+            assert later["buffer"] == first["buffer"]  # the same buffer whatever the stage
+            assert set(later["rows"]) <= set(first["rows"])
+            assert later["examples"] <= later["buffer"]
+            order = replay_order(sizes[j - 1], 0, task)
+            assert later["rows"] == sorted(order[: later["examples"]])  # a prefix
+    for k in (2, 3, 4):  # each stage replays at most its total
+        assert sum(r["examples"] for r in by_stage[k].values()) <= spec.total(sizes[k - 1])
+    other_seed = _replayed(spec, companions, sizes, 3, tiny_tokenizer, seed=1)
+    assert other_seed["a"]["rows"] != by_stage[3]["a"]["rows"]
+
+
+def test_a_tasks_buffer_does_not_depend_on_its_stage(tmp_path, tiny_tokenizer):
+    """Task a first in one sequence and second in another: the same seed and task give the same
+    rows for the same count."""
+    spec = ReplaySpec(examples=12)
+    a = _companion(tmp_path, "a", 1, 40, 0)
+    first, _ = replay_parts(spec, [a], 24, tiny_tokenizer, FMT, (0, 2))
+    x = _companion(tmp_path, "x", 1, 40, 0)
+    later, _ = replay_parts(
+        ReplaySpec(examples=24), [x, {**a, "stage": 2}], 24, tiny_tokenizer, FMT, (0, 3)
+    )
+    assert later[1]["task"] == "a" and later[1]["examples"] == first[0]["examples"] == 12
+    assert later[1]["rows"] == first[0]["rows"]
 
 
 def test_a_mixed_dataset_serves_its_parts_in_order_and_shares_the_epoch():

@@ -44,6 +44,8 @@ def test_paper_config_follows_the_reference():
     assert config["training"]["global_batch_size"] == 64
     assert config["training"].get("grad_accum") is None
     assert config["scoring"]["reference_batch_size"] == 8
+    # the reference's 20 paraphrases to train with, after the held-out ones are taken
+    assert config["prompts"]["candidates"] - config["evaluation"]["heldout_prompts"] == 20
 
 
 def test_the_baselines_config_plans_every_family_with_and_without_sapo_over_two_seeds():

@@ -1,15 +1,19 @@
-"""``replay`` (rehearsal): one LoRA continued across stages, as ``seqlora``, whose stage k mixes a
-sample of the earlier tasks' training examples into task k's data.
+"""``replay`` (rehearsal): one LoRA continued across stages, as ``seqlora``, whose stage k mixes
+examples of the earlier tasks' training data into task k's data.
 
-Each earlier task contributes a seeded sample (reproducible from the run seed, the stage and the
-task), capped per task. A replayed example keeps the prompt its own stage trained with (from that
-stage's record; ``replay.prompt: original`` replays with the original instruction instead). The
-run's prompt strategy chooses only the current task's prompt, and SAPO scores the current task.
+Each earlier task has a buffer: one fixed seeded permutation of its training rows (from the run
+seed and the task), of which the buffer is the prefix its first replay stage (the stage after its
+own) replays. Every later stage replays a prefix of the same permutation, capped at the buffer, so
+a task never contributes more distinct examples over the run than its buffer holds. A replayed
+example keeps the prompt its own stage trained with (from that stage's record; ``replay.prompt:
+original`` replays with the original instruction instead). The run's prompt strategy chooses only
+the current task's prompt, and SAPO scores the current task.
 """
 
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,13 +82,39 @@ class ReplaySpec:
         return out
 
 
-def replay_rows(size: int, count: int, seed: int, stage: int, earlier_stage: int) -> list[int]:
-    """The rows of an earlier task (of ``size`` examples) that stage k replays: a sample without
-    replacement from ``default_rng([seed, stage, earlier_stage])``, in table order."""
+def replay_order(size: int, seed: int, task: str) -> list[int]:
+    """The one fixed permutation of a task's ``size`` training rows that every stage replays a
+    prefix of: ``default_rng([seed, crc32(task)])``, independent of the stage, so the buffer a
+    task's first replay stage draws is the one every later stage draws from."""
+    rng = np.random.default_rng([int(seed), zlib.crc32(task.encode())])
+    return [int(i) for i in rng.permutation(size)]
+
+
+def replay_rows(size: int, count: int, seed: int, task: str) -> list[int]:
+    """The first ``count`` rows of :func:`replay_order`, in table order: a stage's sample of an
+    earlier task; a smaller ``count`` gives a subset of a larger one's."""
     if not 0 <= count <= size:
         raise ValueError(f"cannot replay {count} of {size} examples")
-    rng = np.random.default_rng([int(seed), int(stage), int(earlier_stage)])
-    return sorted(int(i) for i in rng.choice(size, size=count, replace=False))
+    return sorted(replay_order(size, seed, task)[:count])
+
+
+def buffer_sizes(spec: ReplaySpec, sizes: dict[int, int]) -> dict[int, int]:
+    """Each earlier task's buffer, by stage: its share at the stage after its own (``spec.counts``
+    over the tasks of the stages before that one). No stage replays more of the task: a larger
+    share later (``replay.fraction`` with a larger current task) is capped at the buffer.
+
+    ``sizes`` maps every stage up to the current one to its task's training size (the current
+    stage's included: it is the stage after the last earlier task's). Replay's stage k replays
+    every stage before it, so the tasks replayed at stage s are those of the stages < s."""
+    stages = sorted(sizes)
+    out = {}
+    for i, stage in enumerate(stages[:-1]):
+        first = stages[i + 1]
+        if first != stage + 1:
+            raise ValueError(f"replay: no stage {stage + 1} to size the buffer of stage {stage}")
+        before = stages[: i + 1]
+        out[stage] = spec.counts(sizes[first], [sizes[s] for s in before])[-1]
+    return out
 
 
 class Replay(SeqLoRA):
@@ -124,17 +154,30 @@ def replay_parts(
     seed: tuple[int, int],
 ) -> tuple[list[dict], list]:
     """(what was replayed, one dataset per earlier task) for stage ``seed[1]`` whose current
-    task has ``current`` training examples; ``companions`` as in :class:`promptcl.job.StageJob`."""
+    task has ``current`` training examples; ``companions`` as in :class:`promptcl.job.StageJob`.
+
+    Task j replays min(its share here, its buffer) rows: its share at stage j + 1 fixes the
+    buffer, so the stage-(j + 1) task's size is needed (the current one when j + 1 is this stage,
+    else an earlier companion's; with ``replay.fraction`` the share depends on it)."""
     import pandas as pd
 
     from .. import candidates as cands
     from ..data import PromptedDataset, encode_table
 
+    if not companions:
+        return [], []
+    companions = sorted(companions, key=lambda c: int(c["stage"]))
     tables = [pd.read_parquet(c["train"]) for c in companions]
+    sizes = {int(c["stage"]): len(t) for c, t in zip(companions, tables, strict=True)}
+    if int(seed[1]) in sizes:
+        raise ValueError(f"replay: stage {seed[1]} cannot replay itself")
+    buffers = buffer_sizes(spec, {**sizes, int(seed[1]): current})
     counts = spec.counts(current, [len(t) for t in tables])
     records, parts = [], []
-    for companion, table, n in zip(companions, tables, counts, strict=True):
-        rows = replay_rows(len(table), n, seed[0], seed[1], int(companion["stage"]))
+    for companion, table, share in zip(companions, tables, counts, strict=True):
+        stage = int(companion["stage"])
+        n = min(share, buffers[stage])
+        rows = replay_rows(len(table), n, seed[0], companion["task"])
         cid = 0
         if spec.prompt == "trained":
             cid = replayed_candidate(companion["record"], companion["task"])
@@ -142,8 +185,9 @@ def replay_parts(
         records.append(
             {
                 "task": companion["task"],
-                "stage": int(companion["stage"]),
+                "stage": stage,
                 "examples": n,
+                "buffer": buffers[stage],
                 "candidate_id": cid,
                 "rows": rows,
             }
