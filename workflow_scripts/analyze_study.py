@@ -27,7 +27,7 @@ def analyze(
     resamples: int,
 ) -> dict[str, pd.DataFrame]:
     return {
-        "spread": spread_table(outcomes, metric, resamples),
+        "spread": spread_table(outcomes, metric),
         "outcome_correlations": outcome_correlations(outcomes, metric, resamples),
         "predictors": predictor_table(measures, outcomes, metric, resamples),
         "gradient_cosines": gradient_groups(measures, gradients, resamples),

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sp
 
+from promptcl.stats import BranchSample, mean_correlation_ci, sd_interval
 from promptcl.study.analysis import (
     PREDICTORS,
     gradient_groups,
@@ -56,12 +57,14 @@ def test_missing_original_cell_is_an_error():
 
 
 def test_spread_is_range_and_sd_across_candidates(outcomes):
-    table = spread_table(outcomes, "rougeL", resamples=200)
+    table = spread_table(outcomes, "rougeL")
     t1 = table.query("role == 'T1'").iloc[0]
     values = [v[0] for v in FINAL.values()]
     assert t1["range"] == pytest.approx(25.0)
     assert t1["sd"] == pytest.approx(np.std(values, ddof=1))
+    assert (t1["sd_ci_low"], t1["sd_ci_high"]) == pytest.approx(sd_interval(values))
     assert t1["sd_ci_low"] <= t1["sd"] <= t1["sd_ci_high"]
+    assert not any(c.startswith("range_ci") for c in table.columns)  # the range has no interval
     assert not t1["in_task"] and table.query("role == 'T2'")["in_task"].all()
 
 
@@ -101,6 +104,38 @@ def test_predictors_are_oriented_and_ranked(outcomes):
     ranks = table.drop_duplicates("measurement").set_index("measurement")["rank"]
     assert ranks["loss_batch_mean"] == 1
     assert set(table.query("scope == 'task'")["role"]) == {"T1", "unseen"}  # cross-task only
+
+
+def test_mean_predictor_interval_draws_candidates_once_per_branch(outcomes):
+    # a second branch whose unseen outcome is missing for candidate 4; rows in shuffled order
+    other = outcomes.assign(branch="c")
+    other = other[~((other["candidate_id"] == 4) & (other["role"] == "unseen"))]
+    both = pd.concat([outcomes, other]).sample(frac=1.0, random_state=0)
+    loss = {0: 2.0, 1: 2.3, 2: 1.7, 3: 2.1, 4: 1.9}
+    measures = pd.DataFrame(
+        [
+            {"branch": b, "candidate_id": c, "loss_batch_mean": v}
+            for b in "cb"
+            for c, v in loss.items()
+        ]
+    )
+    table = predictor_table(measures, both, "rougeL", resamples=300, seed=3)
+    mean = table.query("scope == 'mean' and kind == 'pearson'").iloc[0]
+    ids = sorted(FINAL)
+    x = -np.array([loss[c] for c in ids])
+    t1 = np.array([FINAL[c][0] - 50.0 for c in ids])
+    unseen = np.array([FINAL[c][3] - 40.0 for c in ids])
+    want = mean_correlation_ci(
+        [
+            BranchSample(ids, x, [t1, unseen]),
+            BranchSample(ids, x, [t1, np.append(unseen[:4], np.nan)]),
+        ],
+        "pearson",
+        resamples=300,
+        seed=3,
+    )
+    assert mean[["r", "ci_low", "ci_high", "n", "branches"]].to_dict() == pytest.approx(want)
+    assert (mean["n"], mean["branches"]) == (10, 2)  # candidates resampled, not × tasks
 
 
 def test_gradient_groups_take_the_lowest_and_highest_loss_candidates():

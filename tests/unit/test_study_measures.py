@@ -16,6 +16,7 @@ from promptcl.study.measures import (
     MEASURES,
     MeasureSpec,
     gradient_summary,
+    instruction_perplexity,
     loss_gradient,
     measure_candidates,
     target_weights,
@@ -99,6 +100,18 @@ def test_gradient_summary_cosines():
     assert out["grad_cosine"] == pytest.approx((1 - 2) / (math.sqrt(5) * math.sqrt(2)))
 
 
+def test_instruction_perplexity_of_the_text_alone(model, tiny_tokenizer):
+    text = CANDIDATES[1][1]
+    ids = tiny_tokenizer(text)["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0]
+    logprobs = torch.log_softmax(logits.double(), dim=-1)
+    nll = -sum(float(logprobs[t - 1, ids[t]]) for t in range(1, len(ids))) / (len(ids) - 1)
+    found = instruction_perplexity(model, tiny_tokenizer, text, "fp32")
+    assert found == pytest.approx(math.exp(nll), rel=1e-5)
+    assert math.isnan(instruction_perplexity(model, tiny_tokenizer, "", "fp32"))
+
+
 def test_teacher_forced_accuracy_counts_argmax_answer_tokens(model, tiny_tokenizer):
     pairs = encode_pairs(tiny_tokenizer, FMT, T2.head(2), CANDIDATES[:1])
     found = sequence_stats(model, tiny_tokenizer.pad_token_id, pairs, batch_size=2)
@@ -132,7 +145,7 @@ def test_measure_candidates_columns_and_consistency(model, tiny_tokenizer):
     assert list(measures["candidate_id"]) == [0, 2]
     assert (measures["instances"] == 4).all()
     for _, row in measures.iterrows():
-        assert row["perplexity"] == pytest.approx(math.exp(row["loss_token_mean"]))
+        assert row["instruction_perplexity"] > 1
         assert 0 <= row["answer_accuracy"] <= 100 and 0 <= row["zero_shot_score"] <= 100
         assert -1 <= row["grad_cosine_q_proj"] <= 1 and row["grad_norm"] > 0
     assert measures.loc[0, "rouge_to_original"] == pytest.approx(100.0)

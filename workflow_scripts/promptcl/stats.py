@@ -1,20 +1,25 @@
-"""Numbers with intervals: spreads, correlations and percentile bootstrap intervals over the
-study's candidates; t intervals over seeds, paired t-tests and Holm's correction for comparisons
-of runs.
+"""Numbers with intervals: spreads (chi-square interval of the SD), correlations and percentile
+bootstrap intervals over the study's candidates; t intervals over seeds, paired t-tests, Holm's
+correction and the minimum detectable difference (power) for comparisons of runs.
 
-The study's statistics are numpy only; the tests check every statistic against scipy. A bootstrap
-resamples the unit that varies (candidates, or test instances) with a fixed seed, so an interval
-is reproducible and two analyses of one table agree.
+Correlations and bootstraps are numpy only (scipy only for the t, chi-square and normal
+quantiles); the tests check every statistic against scipy. A bootstrap resamples the unit that
+varies (candidates, or test instances) with a fixed seed, so an interval is reproducible and two
+analyses of one table agree.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 LEVEL = 0.95
 RESAMPLES = 2000
+#: the power at which a comparison's minimum detectable difference (``mde``) is stated
+POWER = 0.8
 
 
 def ranks(values: Sequence[float]) -> np.ndarray:
@@ -61,6 +66,24 @@ def spread(values: Sequence[float]) -> dict[str, float]:
         "range": float(x.max() - x.min()),
         "sd": float(x.std(ddof=1)) if len(x) > 1 else float("nan"),
     }
+
+
+def sd_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float]:
+    """Chi-square interval of a normal population's SD from a sample: exact under normality,
+    where a percentile bootstrap of the SD is too short with few candidates (NaN values are
+    dropped; NaN interval for n < 2)."""
+    from scipy import stats as st
+
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    n = len(x)
+    if n < 2:
+        return float("nan"), float("nan")
+    sd = float(x.std(ddof=1))
+    tail = (1 - level) / 2
+    low = sd * np.sqrt((n - 1) / st.chi2.ppf(1 - tail, n - 1))
+    high = sd * np.sqrt((n - 1) / st.chi2.ppf(tail, n - 1))
+    return float(low), float(high)
 
 
 def _interval(samples: np.ndarray, level: float) -> tuple[float, float]:
@@ -113,29 +136,76 @@ def correlation_row(
     return {"r": CORRELATIONS[kind](x, y), "ci_low": low, "ci_high": high, "n": len(x)}
 
 
+class BranchSample(NamedTuple):
+    """One branch of :func:`mean_correlation_ci`: ``x`` (the predictor) and each of
+    ``outcomes`` (one sequence per task) hold one value per candidate id of ``candidates``, in
+    that order; NaN = not measured."""
+
+    candidates: Sequence[int]
+    x: Sequence[float]
+    outcomes: Sequence[Sequence[float]]
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if len(x) else float("nan")
+
+
+def _finite_correlation(
+    correlate: Callable[[Sequence[float], Sequence[float]], float], x: np.ndarray, y: np.ndarray
+) -> float:
+    keep = np.isfinite(x) & np.isfinite(y)
+    return correlate(x[keep], y[keep]) if keep.sum() >= 2 else float("nan")
+
+
 def mean_correlation_ci(
-    groups: Sequence[tuple[Sequence[float], Sequence[float]]],
+    branches: Sequence[BranchSample],
     kind: str,
     resamples: int = RESAMPLES,
     level: float = LEVEL,
     seed: int = 0,
 ) -> dict[str, float]:
-    """The mean of a correlation over groups (e.g. task pairs) and its stratified bootstrap
-    interval: each resample draws every group's candidates anew within that group."""
+    """The mean of a correlation over (branch, task) groups and its percentile bootstrap interval.
+
+    A branch's tasks are measured on the same candidates, so each resample draws a branch's
+    candidates once and applies that draw to every task: drawing per task would average the
+    tasks' shared sampling noise away and make the interval too narrow. A candidate with a NaN
+    value leaves only that task's correlation. ``n`` counts the candidates resampled."""
     correlate = CORRELATIONS[kind]
-    arrays = [(np.asarray(x, dtype=float), np.asarray(y, dtype=float)) for x, y in groups]
-    point = float(np.nanmean([correlate(x, y) for x, y in arrays]))
     rng = np.random.default_rng(seed)
-    samples = np.empty(resamples)
-    for b in range(resamples):
-        values = []
-        for x, y in arrays:
-            i = rng.integers(0, len(x), size=len(x))
-            values.append(correlate(x[i], y[i]))
-        values = np.asarray(values)
-        samples[b] = np.nanmean(values) if np.isfinite(values).any() else np.nan
+    prepared = []
+    for branch in branches:
+        ids = np.asarray(branch.candidates)
+        x = np.asarray(branch.x, dtype=float)
+        ys = [np.asarray(y, dtype=float) for y in branch.outcomes]
+        if len(np.unique(ids)) != len(ids) or any(len(v) != len(ids) for v in (x, *ys)):
+            raise ValueError(
+                "mean_correlation_ci: a branch needs unique candidate ids and one predictor and "
+                "outcome value per id"
+            )
+        prepared.append((x, ys, rng.integers(0, len(ids), size=(resamples, len(ids)))))
+    point = _nanmean([_finite_correlation(correlate, x, y) for x, ys, _ in prepared for y in ys])
+    samples = np.array(
+        [
+            _nanmean(
+                [
+                    _finite_correlation(correlate, x[draws[b]], y[draws[b]])
+                    for x, ys, draws in prepared
+                    for y in ys
+                ]
+            )
+            for b in range(resamples)
+        ]
+    )
     low, high = _interval(samples, level)
-    return {"r": point, "ci_low": low, "ci_high": high, "n": sum(len(x) for x, _ in arrays)}
+    return {
+        "r": point,
+        "ci_low": low,
+        "ci_high": high,
+        "n": sum(len(x) for x, _, _ in prepared),
+        "branches": len(prepared),
+    }
 
 
 # --- across seeds ---------------------------------------------------------------------------------
@@ -193,6 +263,14 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     return out
 
 
+def bootstrap_se(differences: np.ndarray) -> float:
+    """The standard error of a difference from its bootstrap distribution: the SD (ddof=1) of
+    the finite resampled differences (NaN for fewer than 2); :func:`bootstrap_p` tests with it."""
+    d = np.asarray(differences, dtype=float)
+    d = d[np.isfinite(d)]
+    return float(d.std(ddof=1)) if len(d) >= 2 else float("nan")
+
+
 def bootstrap_p(differences: np.ndarray, point: float | None = None) -> float:
     """Two-sided p-value of a difference being 0 from its bootstrap distribution: the normal
     approximation 2·Φ(−|point| / SD of the resampled differences).
@@ -207,7 +285,7 @@ def bootstrap_p(differences: np.ndarray, point: float | None = None) -> float:
     if len(d) < 2:
         return float("nan")
     point = float(d.mean()) if point is None else float(point)
-    se = float(d.std(ddof=1))
+    se = bootstrap_se(d)
     if se <= 1e-12 * max(1.0, abs(point)):
         return 1.0 if abs(point) <= 1e-12 else float("nan")  # identical runs differ by nothing
     return float(2 * st.norm.sf(abs(point) / se))
@@ -216,3 +294,54 @@ def bootstrap_p(differences: np.ndarray, point: float | None = None) -> float:
 def interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
     """Percentile interval of bootstrap samples (non-finite samples dropped)."""
     return _interval(np.asarray(samples, dtype=float), level)
+
+
+# --- power: what a comparison could have detected ---------------------------------------------
+
+
+@functools.lru_cache(maxsize=512)
+def _t_noncentrality(n: int, alpha: float, power: float) -> float:
+    """The noncentrality δ·√n/sd at which a two-sided paired t-test on ``n`` pairs rejects at
+    level ``alpha`` with probability ``power`` (rejections in the wrong direction, about 1e-6 at
+    most at 80% power, are not counted)."""
+    from scipy import optimize
+    from scipy import stats as st
+
+    df = n - 1
+    critical = float(st.t.ppf(1 - alpha / 2, df))
+
+    def shortfall(ncp: float) -> float:
+        return float(st.nct.sf(critical, df, ncp)) - power
+
+    high = critical + float(st.norm.ppf(power)) + 1.0
+    while shortfall(high) < 0:
+        high *= 2
+    if not np.isfinite(shortfall(high)):
+        raise ValueError(f"power of the t-test undefined (n={n}, alpha={alpha}, power={power})")
+    return float(optimize.brentq(shortfall, 0.0, high, xtol=1e-12))
+
+
+def mde_t(sd: float, n: int, alpha: float, power: float = POWER) -> float:
+    """Minimum detectable difference of a two-sided paired t-test on ``n`` pairs whose
+    differences have SD ``sd``, at level ``alpha`` and the given power: the exact solution with
+    the noncentral t, δ = ncp·sd/√n. The usual approximation (t_{1−α/2} + t_{power})·sd/√n
+    is too small for few pairs: with 2 seeds and α = 0.05 it has 73% power, at α = 0.05/63
+    68%, where this one has the stated power.
+
+    NaN for n < 2 or an SD that is not positive and finite: without variation across pairs
+    the t-test itself is undefined, so there is no power to state."""
+    if n is None or not np.isfinite(n) or n < 2 or sd is None or not np.isfinite(sd) or sd <= 0:
+        return float("nan")
+    n = int(n)
+    return _t_noncentrality(n, float(alpha), float(power)) * float(sd) / float(np.sqrt(n))
+
+
+def mde_z(se: float, alpha: float, power: float = POWER) -> float:
+    """Minimum detectable difference of a two-sided z-test (the bootstrap's normal
+    approximation) with standard error ``se``: (z_{1−α/2} + z_{power})·se. NaN when ``se`` is
+    not positive and finite (resamples that do not vary test nothing)."""
+    from scipy import stats as st
+
+    if se is None or not np.isfinite(se) or se <= 0:
+        return float("nan")
+    return float((st.norm.ppf(1 - alpha / 2) + st.norm.ppf(power)) * se)

@@ -1,5 +1,6 @@
 """Figures of the prompt-impact study, one per analysis of :mod:`promptcl.study.analysis`
-(the SAPO paper's Figures 1-4), every estimate with its 95% bootstrap interval."""
+(the SAPO paper's Figures 1-4), every estimate with its 95% interval (chi-square for the
+spread's SD, percentile bootstrap otherwise)."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def spread_figure(spread: pd.DataFrame, path: Path) -> Path:
         ax.set_ylabel(f"SD of {metric} across candidates (points)")
         ax.set_title(f"{branch} ({int(part['candidates'].max())} candidates)", fontsize=8)
     fig.suptitle(
-        "(a) Spread of outcomes across T2's training prompts\n(error bars: 95% bootstrap)",
+        "(a) Spread of outcomes across T2's training prompts\n(error bars: 95% chi-square)",
         fontsize=10,
     )
     return save(fig, path)

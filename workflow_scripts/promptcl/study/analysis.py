@@ -1,6 +1,6 @@
 """The study's tables: outcomes per candidate, and the four analyses of the SAPO paper's Section 3
-((a) spread, (b) outcome correlations, (c) pre-update predictors, (d) gradient cosines), each with
-bootstrap intervals over candidates (torch-free; numbers from :mod:`promptcl.stats`).
+((a) spread, (b) outcome correlations, (c) pre-update predictors, (d) gradient cosines), with
+intervals over candidates (torch-free; numbers from :mod:`promptcl.stats`).
 
 Roles of an outcome task in a branch: ``T1`` (trained first: forgetting), ``T2`` (trained with
 the candidate, evaluated with the original prompt), ``T2_trained`` (evaluated with the prompt it
@@ -15,7 +15,15 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from ..stats import CORRELATIONS, bootstrap_ci, correlation_row, mean_correlation_ci, spread
+from ..stats import (
+    CORRELATIONS,
+    BranchSample,
+    bootstrap_ci,
+    correlation_row,
+    mean_correlation_ci,
+    sd_interval,
+    spread,
+)
 
 OUTCOME_COLUMNS = (
     "branch",
@@ -35,7 +43,7 @@ PREDICTORS: dict[str, tuple[str, int]] = {
     "loss_batch_mean": ("−loss (batch mean, SAPO's criterion)", -1),
     "loss_instance_mean": ("−loss (instance mean)", -1),
     "loss_token_mean": ("−loss (token mean)", -1),
-    "perplexity": ("−perplexity", -1),
+    "instruction_perplexity": ("−instruction perplexity", -1),
     "answer_accuracy": ("answer-token accuracy (teacher forced)", 1),
     "zero_shot_score": ("zero-shot score with the prompt", 1),
     "grad_norm": ("−gradient norm", -1),
@@ -92,9 +100,10 @@ def _wide(outcomes: pd.DataFrame, metric: str, value: str) -> pd.DataFrame:
     return part.pivot(index="candidate_id", columns="outcome", values=value).sort_index()
 
 
-def spread_table(outcomes: pd.DataFrame, metric: str, resamples: int, seed: int = 0):
-    """(a) Per branch and outcome: range (max − min) and SD of the score across candidates,
-    each with its bootstrap interval."""
+def spread_table(outcomes: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """(a) Per branch and outcome: range (max − min) and SD of the score across candidates, the
+    SD with its chi-square interval. The range has none: a resample's range never exceeds the
+    observed one, so a bootstrap interval of it says nothing."""
     rows = []
     for branch, part in outcomes.groupby("branch", sort=True):
         wide = _wide(part, metric, "score")
@@ -102,10 +111,7 @@ def spread_table(outcomes: pd.DataFrame, metric: str, resamples: int, seed: int 
             values = wide[outcome].dropna().to_numpy()
             role, task = outcome.split(":", 1)
             found = spread(values)
-            r_low, r_high = bootstrap_ci(values, np.ptp, resamples, seed=seed)
-            s_low, s_high = bootstrap_ci(
-                values, lambda v: float(np.std(v, ddof=1)), resamples, seed=seed
-            )
+            s_low, s_high = sd_interval(values)
             rows.append(
                 {
                     "branch": branch,
@@ -114,8 +120,6 @@ def spread_table(outcomes: pd.DataFrame, metric: str, resamples: int, seed: int 
                     "metric": metric,
                     "candidates": len(values),
                     "range": found["range"],
-                    "range_ci_low": r_low,
-                    "range_ci_high": r_high,
                     "sd": found["sd"],
                     "sd_ci_low": s_low,
                     "sd_ci_high": s_high,
@@ -152,34 +156,39 @@ def predictor_table(
 ) -> pd.DataFrame:
     """(c) Correlation of each pre-update measurement (oriented: higher = predicted better) with
     each cross-task outcome's ``delta`` (T1 and unseen tasks), per branch and task
-    (``scope = "task"``), then averaged over all of them with a stratified bootstrap interval
-    (``scope = "mean"``); sorted best predictor first by the mean Spearman correlation."""
-    rows, groups = [], {}
+    (``scope = "task"``), then averaged over all of them (``scope = "mean"``; its interval
+    resamples each branch's candidates once for all its tasks, :func:`mean_correlation_ci`);
+    sorted best predictor first by the mean Spearman correlation."""
+    rows, branches = [], {}
     cross = outcomes[(outcomes["metric"] == metric) & outcomes["role"].isin(CROSS_TASK)]
     available = [m for m in PREDICTORS if m in measures.columns]
-    for (branch, role, task), part in cross.groupby(["branch", "role", "task"], sort=True):
-        merged = part.merge(
-            measures[measures["branch"] == branch][["candidate_id", *available]], on="candidate_id"
-        )
+    for branch, part in cross.groupby("branch", sort=True):
+        # candidate × (role, task): one row per candidate, so every task sees the same draw
+        deltas = part.pivot(index="candidate_id", columns=["role", "task"], values="delta")
+        values = measures[measures["branch"] == branch].set_index("candidate_id")
+        candidates = deltas.index.intersection(values.index).sort_values()
         for measure in available:
             label, sign = PREDICTORS[measure]
-            both = merged[[measure, "delta"]].dropna()
-            x, y = sign * both[measure].to_numpy(float), both["delta"].to_numpy(float)
-            groups.setdefault(measure, []).append((x, y))
-            for kind in CORRELATIONS:
-                rows.append(
-                    {
-                        "scope": "task",
-                        "branch": branch,
-                        "role": role,
-                        "task": task,
-                        "measurement": measure,
-                        "label": label,
-                        "kind": kind,
-                        **correlation_row(x, y, kind, seed, resamples),
-                    }
-                )
-    for measure, pairs in groups.items():
+            measured = values.loc[candidates, measure].dropna()
+            x = sign * measured.to_numpy(float)
+            ys = [deltas.loc[measured.index, o].to_numpy(float) for o in deltas.columns]
+            branches.setdefault(measure, []).append(BranchSample(measured.index.to_numpy(), x, ys))
+            for (role, task), y in zip(deltas.columns, ys, strict=True):
+                keep = np.isfinite(y)
+                for kind in CORRELATIONS:
+                    rows.append(
+                        {
+                            "scope": "task",
+                            "branch": branch,
+                            "role": role,
+                            "task": task,
+                            "measurement": measure,
+                            "label": label,
+                            "kind": kind,
+                            **correlation_row(x[keep], y[keep], kind, seed, resamples),
+                        }
+                    )
+    for measure, groups in branches.items():
         for kind in CORRELATIONS:
             rows.append(
                 {
@@ -190,7 +199,7 @@ def predictor_table(
                     "measurement": measure,
                     "label": PREDICTORS[measure][0],
                     "kind": kind,
-                    **mean_correlation_ci(pairs, kind, resamples, seed=seed),
+                    **mean_correlation_ci(groups, kind, resamples, seed=seed),
                 }
             )
     table = pd.DataFrame(rows)

@@ -21,7 +21,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..inference import GenerationSpec, predict_table
+from ..inference import GenerationSpec, autocast, predict_table
+from ..likelihood import likelihood_table
+from ..metrics import metric as spec_of
 from ..metrics import rouge_l, score_predictions
 from ..prompting import IGNORE_INDEX, PromptFormat
 from ..readability import flesch_kincaid_grade
@@ -39,7 +41,7 @@ MEASURES = (
     "loss_batch_mean",
     "loss_instance_mean",
     "loss_token_mean",
-    "perplexity",
+    "instruction_perplexity",
     "answer_accuracy",
     "zero_shot_score",
     "grad_norm",
@@ -160,6 +162,43 @@ def text_features(tokenizer, text: str, original: str) -> dict[str, float]:
     }
 
 
+@torch.inference_mode()
+def instruction_perplexity(model, tokenizer, text: str, precision: str) -> float:
+    """Perplexity of the instruction text itself under the state (Gonen et al. 2022: prompts
+    of lower perplexity work better): exp of the mean NLL of tokens 2..n given the preceding
+    ones, the text tokenised alone with the tokenizer's special tokens (BOS if it adds one)."""
+    ids = torch.tensor([tokenizer(text)["input_ids"]], device=next(model.parameters()).device)
+    if ids.shape[1] < 2:
+        return math.nan
+    with autocast(model, precision):
+        logits = model(input_ids=ids, use_cache=False).logits
+    nll = torch.nn.functional.cross_entropy(logits[0, :-1].float(), ids[0, 1:])
+    return math.exp(float(nll))
+
+
+def zero_shot_score(
+    model,
+    tokenizer,
+    fmt: PromptFormat,
+    table: pd.DataFrame,
+    text: str,
+    metric: str,
+    generation: GenerationSpec,
+    precision: str,
+    task: str,
+) -> float:
+    """The state's ``metric`` with this prompt on the K instances, measured the way the metric
+    is (greedy generation, or the likelihood pass for ``gold_logprob``/``rank_accuracy``)."""
+    if spec_of(metric).outcome == "likelihood":
+        scored = likelihood_table(model, tokenizer, table, fmt, precision, instruction=text)
+    else:
+        predicted = predict_table(
+            model, tokenizer, table, fmt, generation, task, precision, instruction=text
+        )
+        scored = score_predictions(predicted)
+    return float(np.nanmean(scored[metric].to_numpy(float)))
+
+
 def measure_candidates(
     model,
     tokenizer,
@@ -197,21 +236,19 @@ def measure_candidates(
         pairs = encode_pairs(tokenizer, fmt, t2_table, [(cid, text)])
         stats = sequence_stats(model, pad, pairs, spec.batch_size, precision)
         grad = loss_gradient(model, pad, pairs, weights, spec.batch_size, precision)
-        predicted = predict_table(
-            model, tokenizer, t2_table, fmt, generation, task, precision, instruction=text
-        )
-        scored = score_predictions(predicted)
         row = {
             "candidate_id": cid,
             "text": text,
             "loss_batch_mean": float(losses.loc[cid, "mean_batch_loss"]),
             "loss_instance_mean": float(losses.loc[cid, "mean_instance_loss"]),
             "loss_token_mean": float(losses.loc[cid, "mean_token_loss"]),
-            "perplexity": math.exp(float(losses.loc[cid, "mean_token_loss"])),
+            "instruction_perplexity": instruction_perplexity(model, tokenizer, text, precision),
             "answer_accuracy": 100.0
             * sum(s.correct for s in stats)
             / max(sum(s.tokens for s in stats), 1),
-            "zero_shot_score": float(np.nanmean(scored[spec.metric].to_numpy(float))),
+            "zero_shot_score": zero_shot_score(
+                model, tokenizer, fmt, t2_table, text, spec.metric, generation, precision, task
+            ),
             **gradient_summary(grad, t1_grad, spec.modules),
             **text_features(tokenizer, text, original),
             "instances": len(t2_table),
