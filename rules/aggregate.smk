@@ -1,8 +1,7 @@
 rule aggregate_run:
     """The run's accuracy matrix R (protocol × stage × task × metric) and its summary."""
     input:
-        zero_shot=PLAN.zero_shot_predictions,
-        stages=PLAN.stage_predictions,
+        unpack(PLAN.run_evaluations),
         adapters=PLAN.run_adapters,
     output:
         matrix=paths.MATRIX,
@@ -40,7 +39,7 @@ rule compare_runs:
         "../environment.yml"
     params:
         layouts=PLAN.run_layouts(),
-        comparison=config["comparison"],
+        comparison=PLAN.comparison_params(),
     script:
         "../workflow_scripts/compare_runs.py"
 
@@ -61,5 +60,6 @@ rule summarize:
         "../environment.yml"
     params:
         runs=list(PLAN.runs),
+        metrics=PLAN.compared_metrics,
     script:
         "../workflow_scripts/summarize.py"

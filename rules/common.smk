@@ -29,4 +29,4 @@ wildcard_constraints:
     branch=paths.alternatives(PLAN.branches),
     stage=r"[1-9][0-9]*",
     figure="matrix|forgetting|loss",
-    metric="rougeL|label_accuracy|exact_match",
+    metric=paths.alternatives(PLAN.metrics),

@@ -48,3 +48,56 @@ rule predict_stage:
         generation=config["generation"],
     script:
         "../workflow_scripts/predict.py"
+
+
+rule likelihood_base:
+    """Stage 0 by likelihood: the base model's log-likelihood of each gold answer and its rank
+    classification, with the task's original and held-out prompts. Shared by every run.
+    """
+    input:
+        model=paths.MODEL_DIR,
+        tables=paths.fill(paths.TASK_SPLIT, task="{task}", split="test"),
+        candidates=PLAN.heldout_pool_of_task,
+    output:
+        paths.ZERO_SHOT_LIKELIHOOD,
+    log:
+        paths.log(paths.JOB_ZERO_SHOT_LIKELIHOOD),
+    benchmark:
+        paths.benchmark(paths.JOB_ZERO_SHOT_LIKELIHOOD)
+    conda:
+        "../environment.yml"
+    threads: config["compute"]["threads"]
+    params:
+        tasks=lambda wildcards: [wildcards.task],
+        model=PLAN.model_params(),
+        prompt=config["prompt"],
+        batch_size=config["evaluation"]["batch_size"],
+    script:
+        "../workflow_scripts/likelihood.py"
+
+
+rule likelihood_stage:
+    """The state after stage k by likelihood, on every evaluation task of the run (one model
+    load), with the same prompts as predict_stage."""
+    input:
+        model=paths.MODEL_DIR,
+        adapters=PLAN.state_after,
+        trained=PLAN.stage_records,
+        tables=PLAN.run_test_tables,
+        candidates=PLAN.heldout_pools_of_run,
+    output:
+        directory(paths.LIKELIHOOD),
+    log:
+        paths.log(paths.JOB_LIKELIHOOD),
+    benchmark:
+        paths.benchmark(paths.JOB_LIKELIHOOD)
+    conda:
+        "../environment.yml"
+    threads: config["compute"]["threads"]
+    params:
+        tasks=PLAN.run_eval_tasks,
+        model=PLAN.model_params(),
+        prompt=config["prompt"],
+        batch_size=config["evaluation"]["batch_size"],
+    script:
+        "../workflow_scripts/likelihood.py"

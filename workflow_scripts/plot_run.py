@@ -5,9 +5,8 @@ from pathlib import Path
 import pandas as pd
 
 from promptcl.figures.runs import forgetting_curves, loss_curves, matrix_heatmaps
+from promptcl.metrics import METRICS
 from promptcl.runtime import input_list, job_logging
-
-METRICS = ["rougeL", "label_accuracy", "exact_match"]
 
 
 def plot_run(matrix: Path, train_logs: list[Path], run: str, outputs: dict[str, Path]) -> None:

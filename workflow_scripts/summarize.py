@@ -40,16 +40,15 @@ def main(snakemake) -> None:
         table = pd.concat(summaries, ignore_index=True)
         table.to_parquet(snakemake.output.table, index=False)
         texts = [Path(p).read_text() for p in input_list(snakemake.input.texts)]
+        metrics = snakemake.params.metrics
         if len(summaries) > 1:
             overview = table[[c for c in COLUMNS if c in table.columns]]
-            texts.append(
-                "All runs (label accuracy):\n"
-                + overview[overview["metric"] == "label_accuracy"].round(2).to_string(index=False)
-                + "\n"
-            )
+            for metric in metrics:
+                part = overview[overview["metric"] == metric]
+                texts.append(f"All runs ({metric}):\n{part.round(3).to_string(index=False)}\n")
         seeds = pd.read_parquet(snakemake.input.seeds)
         comparisons = pd.read_parquet(snakemake.input.comparisons)
-        for metric in ("label_accuracy", "rougeL"):
+        for metric in metrics:
             texts += [format_seeds(seeds, metric), format_comparisons(comparisons, metric)]
         texts = [t for t in texts if t]
         Path(snakemake.output.text).write_text("\n\n".join(texts))

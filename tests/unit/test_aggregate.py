@@ -107,7 +107,12 @@ def test_cell_table_rejects_bad_inputs(predictions: dict[tuple[int, str], pd.Dat
         cell_table(predictions, SEQUENCE, ["cls_a"])
     predictions[(0, "cls_a")] = predictions[(0, "cls_a")].drop(columns=["rougeL"])
     with pytest.raises(ValueError, match="rougeL"):
-        cell_table(predictions, SEQUENCE, UNSEEN)
+        cell_table(predictions, SEQUENCE, UNSEEN, metrics=["rougeL", "exact_match"])
+    # without an explicit list, R has the metrics every table has
+    assert set(cell_table(predictions, SEQUENCE, UNSEEN)["metric"]) == {
+        "exact_match",
+        "label_accuracy",
+    }
 
 
 def test_run_summary_exact_match(cells: pd.DataFrame) -> None:
@@ -128,7 +133,7 @@ def test_run_summary_exact_match(cells: pd.DataFrame) -> None:
     # FWT = R12 - R02 = 25 - 0 = 25; se = sqrt(21.65^2 + 0^2)
     assert em["FWT"] == pytest.approx(25.0)
     assert em["FWT_se"] == pytest.approx(_se(0.25))
-    # F = max(R01, R11) - R21 = 75 - 50 = 25
+    # F = R11 - R21 = 75 - 50 = 25 (T = 2: the max is over the trained row 1 only)
     assert em["F"] == pytest.approx(25.0)
     # With T = 2 the averaged variants coincide with BWT / FWT.
     assert em["BWT_avg"] == pytest.approx(-25.0)

@@ -17,6 +17,8 @@ from promptcl.compare import (
     seed_table,
 )
 from promptcl.metrics import continual_metrics
+from promptcl.stats import mde_t, mde_z
+from promptcl.summary_text import format_comparisons, readable_verdict
 
 BASELINE = {"method": "inclora", "strategy": "original"}
 SEQ, UNSEEN = ["a", "b"], ["u"]
@@ -69,7 +71,7 @@ def _instances(scores: dict[tuple[int, str], list[float]]) -> pd.DataFrame:
         )
         for key, v in scores.items()
     }
-    return instance_scores({"original_prompt": tables})
+    return instance_scores({"original_prompt": tables}, ["rougeL", "exact_match", "label_accuracy"])
 
 
 def _run(shift: float, seed_noise: int) -> pd.DataFrame:
@@ -166,3 +168,90 @@ def test_equal_differences_in_every_seed_need_every_seeds_bootstrap():
     rows = [dict(r, verdict="higher") for r in rows]
     table = compare_seeds(summary, BASELINE, by_seed=pd.DataFrame(rows)).set_index("measure")
     assert table.loc["AP", "verdict"] == "higher"
+
+
+# --- what each comparison could have detected (mde) --------------------------------------------
+
+
+def test_the_t_test_states_its_mde_at_the_holm_alpha():
+    a, b = [55.0, 58.0, 60.0], [50.0, 51.0, 53.0]
+    summary = _summary({("inclora", "original"): b, ("inclora", "sapo"): a})
+    ap = compare_seeds(summary, BASELINE).set_index("measure").loc["AP"]
+    sd = np.std(np.subtract(a, b), ddof=1)
+    # one configuration × 7 measures in the protocol × metric family: α/m = 0.05/7
+    assert ap["mde"] == pytest.approx(mde_t(sd, 3, 0.05 / len(MEASURES)))
+    assert np.isfinite(ap["mde"]) and ap["mde"] > abs(ap["diff"])  # within noise, and why
+    assert list(compare_seeds(summary, BASELINE).columns)[-2:] == ["verdict", "mde"]
+
+
+def test_a_larger_holm_family_needs_a_larger_difference():
+    a, b = [55.0, 58.0, 60.0], [50.0, 51.0, 53.0]
+    one = _summary({("inclora", "original"): b, ("inclora", "sapo"): a})
+    two = _summary({("inclora", "original"): b, ("inclora", "sapo"): a, ("replay", "sapo"): a})
+    small = compare_seeds(one, BASELINE).set_index(["method", "measure"]).loc[("inclora", "AP")]
+    large = compare_seeds(two, BASELINE).set_index(["method", "measure"]).loc[("inclora", "AP")]
+    assert small["sd"] == large["sd"] and large["mde"] > small["mde"]
+    sd = np.std(np.subtract(a, b), ddof=1)
+    assert large["mde"] == pytest.approx(mde_t(sd, 3, 0.05 / (2 * len(MEASURES))))
+
+
+def test_no_test_no_mde():
+    # one seed, and the same difference in both seeds: no t-test, so no power to state
+    for values in ([50.0], [50.0, 40.0]):
+        summary = _summary(
+            {("inclora", "original"): values, ("inclora", "sapo"): [v + 2 for v in values]}
+        )
+        table = compare_seeds(summary, BASELINE)
+        assert table["p"].isna().all() and table["mde"].isna().all()
+
+
+def test_the_bootstrap_states_its_mde_from_the_bootstrap_se():
+    layouts = {
+        "base": {"name": "s", "sequence": SEQ, "unseen": UNSEEN, "seed": 0, **BASELINE},
+        "other": {
+            "name": "s", "sequence": SEQ, "unseen": UNSEEN, "seed": 0,
+            "method": "replay", "strategy": "original",
+        },
+    }  # fmt: skip
+    base, other = _run(0.0, 1), _run(0.0, 2)
+    table = compare_instances({"base": base, "other": other}, layouts, BASELINE, resamples=400)
+    assert list(table.columns)[-2:] == ["verdict", "mde"]
+    tested = table["p"].notna()
+    assert tested.any() and table.loc[tested, "mde"].gt(0).all()
+    assert table.loc[~tested, "mde"].isna().all()
+    # the percentile interval spans about 2·1.96 SE, and the mde is (z_{1−α'/2} + z_0.8)·SE
+    # with α' = 0.05 over the family's tests (protocol × metric × seed)
+    ap = table[(table["metric"] == "rougeL") & (table["measure"] == "AP")].iloc[0]
+    m = int(table.loc[tested & (table["metric"] == "rougeL")].shape[0])
+    se = (ap["ci_high"] - ap["ci_low"]) / (2 * 1.959964)
+    assert ap["mde"] == pytest.approx(mde_z(se, 0.05 / m), rel=0.15)
+    # a run against itself: the resamples do not vary, nothing to state
+    same = compare_instances({"base": base, "other": base}, layouts, BASELINE, resamples=100)
+    assert same["mde"].isna().all()
+
+
+def test_the_bootstrap_fallback_takes_the_largest_seeds_mde():
+    summary = _summary({("inclora", "original"): [50.0, 40.0], ("inclora", "sapo"): [52.0, 42.0]})
+    rows = [
+        {"sequence": "s", "method": "inclora", "strategy": "sapo", "seed": seed,
+         "protocol": "original_prompt", "metric": "label_accuracy", "measure": m,
+         "ci_low": -1.0, "ci_high": 5.0, "p_holm": 0.5, "verdict": "within noise", "mde": mde}
+        for seed, mde in ((0, 7.5), (1, 9.25))
+        for m in MEASURES
+    ]  # fmt: skip
+    ap = compare_seeds(summary, BASELINE, by_seed=pd.DataFrame(rows)).set_index("measure")
+    assert ap.loc["AP", "mde"] == 9.25 and ap.loc["AP", "verdict"] == "within noise"
+
+
+def test_within_noise_reads_with_what_it_could_detect():
+    row = {"verdict": "within noise", "mde": 12.345}
+    assert readable_verdict(row) == "within noise (could detect ≥ 12.3)"
+    assert readable_verdict({"verdict": "within noise", "mde": float("nan")}) == "within noise"
+    assert readable_verdict({"verdict": "higher", "mde": 3.0}) == "higher"
+    assert readable_verdict({"verdict": "n/a"}) == "n/a"
+    a, b = [55.0, 58.0, 60.0], [50.0, 51.0, 53.0]
+    table = compare_seeds(_summary({("inclora", "original"): b, ("inclora", "sapo"): a}), BASELINE)
+    text = format_comparisons(table, "label_accuracy")
+    mde = table.set_index("measure").loc["AP", "mde"]
+    assert f"within noise (could detect ≥ {mde:.1f})" in text
+    assert set(table["verdict"]) <= {"higher", "lower", "within noise", "n/a"}  # stored as before

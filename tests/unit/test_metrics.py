@@ -11,11 +11,15 @@ import pytest
 from promptcl.metrics import (
     BINARY_METRICS,
     METRICS,
+    OUTCOMES,
     coefficient_matrices,
+    compared_metrics,
     continual_metrics,
     exact_match,
     label_accuracy,
     mean_stderr,
+    metric,
+    metrics_of,
     normalize_answer,
     rouge_l,
     score_predictions,
@@ -47,9 +51,32 @@ def test_exact_match() -> None:
         exact_match("x", [])
 
 
-def test_metric_constants() -> None:
-    assert METRICS == ("rougeL", "exact_match", "label_accuracy")
-    assert BINARY_METRICS == ("exact_match", "label_accuracy")
+def test_metric_registry() -> None:
+    assert METRICS == ("rougeL", "exact_match", "label_accuracy", "gold_logprob", "rank_accuracy")
+    assert BINARY_METRICS == ("exact_match", "label_accuracy", "rank_accuracy")
+    assert metrics_of(["generation"]) == ("rougeL", "exact_match", "label_accuracy")
+    assert metrics_of(["likelihood", "generation"]) == METRICS
+    assert compared_metrics(["generation"]) == ("rougeL", "label_accuracy")
+    assert compared_metrics(["likelihood"]) == ("gold_logprob", "rank_accuracy")
+    assert not metric("gold_logprob").bounded and metric("rank_accuracy").labels_only
+    with pytest.raises(ValueError, match="unknown metric 'bleu'"):
+        metric("bleu")
+    with pytest.raises(ValueError, match="evaluation.outcomes"):
+        metrics_of(["sampling"])
+
+
+def test_the_schema_names_exactly_the_registered_metrics() -> None:
+    """The schema's metric enums (comparison.metrics, study.metric) are the registry's."""
+    import yaml
+
+    from tests.helpers import REPO
+
+    schema = yaml.safe_load((REPO / "config/schema.yaml").read_text())["properties"]
+    compared = schema["comparison"]["properties"]["metrics"]["items"]["enum"]
+    assert tuple(compared) == METRICS
+    assert tuple(schema["study"]["properties"]["metric"]["enum"]) == METRICS
+    outcomes = schema["evaluation"]["properties"]["outcomes"]["items"]["enum"]
+    assert tuple(outcomes) == OUTCOMES
 
 
 def test_rouge_l_known_values() -> None:
@@ -114,7 +141,7 @@ def test_score_predictions() -> None:
     out = score_predictions(df)
     assert "rougeL" not in df.columns  # input untouched
     assert list(out["id"]) == ["a", "b", "c"]
-    for col in METRICS:
+    for col in metrics_of(["generation"]):
         assert out[col].dtype == np.float64
     assert out["exact_match"].tolist() == [100.0, 100.0, 0.0]
     assert out["rougeL"].tolist() == pytest.approx([100.0, 100.0, 50.0])
@@ -173,7 +200,8 @@ def test_continual_metrics_values_t3() -> None:
     assert m["BWT"][0] == pytest.approx(-12.5)
     # FWT = 1/2 [(R12 - R02) + (R23 - R03)] = 1/2 [(25-20) + (40-30)] = 7.5
     assert m["FWT"][0] == pytest.approx(7.5)
-    # F = 1/2 [(max(10,60,50) - 40) + (max(20,25,70) - 65)] = 1/2 [20 + 5] = 12.5
+    # F = 1/2 [(max(R11, R21) - R31) + (max(R22) - R32)] = 1/2 [(60 - 40) + (70 - 65)] = 12.5
+    # (rows j..T-1 for task j; rows 0 and 1 of task 2 are below 70, so the old max agreed)
     assert m["F"][0] == pytest.approx(12.5)
     # BWT_avg = 1/2 [ i=2: (R21 - R11) = -10 ; i=3: 1/2 ((40-60) + (65-70)) = -12.5 ] = -11.25
     assert m["BWT_avg"][0] == pytest.approx(-11.25)
@@ -229,13 +257,22 @@ def test_continual_metrics_t1() -> None:
 
 
 def test_continual_metrics_nan_propagation() -> None:
-    # R01 is only used by F (as a max candidate), so only F becomes NaN.
+    # R01 was a max candidate of F before F took its max over the trained rows j..T-1 only: no
+    # metric uses it now, so a NaN there changes nothing.
+    ref = continual_metrics(R3, SE3)
     R = R3.copy()
     R[0, 0] = math.nan
     m = continual_metrics(R, SE3)
+    for name in ("AP", "BWT", "FWT", "F", "BWT_avg", "FWT_avg", "plasticity"):
+        assert m[name] == pytest.approx(ref[name])
+    # R21 is a max candidate of F (task 1 after stage 2): F becomes NaN, as do BWT_avg and ACC
+    # that read it, while AP, BWT and FWT do not use it.
+    R = R3.copy()
+    R[2, 0] = math.nan
+    m = continual_metrics(R, SE3)
     assert math.isnan(m["F"][0]) and math.isnan(m["F"][1])
-    ref = continual_metrics(R3, SE3)
-    for name in ("AP", "BWT", "FWT", "BWT_avg", "FWT_avg"):
+    assert math.isnan(m["BWT_avg"][0]) and math.isnan(m["ACC"][0])
+    for name in ("AP", "BWT", "FWT", "FWT_avg", "plasticity"):
         assert m[name] == pytest.approx(ref[name])
     # A NaN final-stage cell hits AP, BWT and F values; a NaN SE cell only the se.
     R = R3.copy()
@@ -248,6 +285,48 @@ def test_continual_metrics_nan_propagation() -> None:
     m = continual_metrics(R3, SE)
     assert m["AP"][0] == pytest.approx(185 / 3) and math.isnan(m["AP"][1])
     assert m["BWT"][1] == pytest.approx(0.5 * math.sqrt(301))
+
+
+def test_forgetting_ignores_scores_from_before_a_task_was_trained() -> None:
+    """F maxes task j over rows j..T-1 (Chaudhry et al. 2018): a zero-shot score (row 0), or a
+    score before stage j, above every trained state is not forgotten knowledge."""
+    R = np.array(
+        [
+            [90.0, 20.0, 30.0],  # task 1 zero-shot beats every trained state
+            [60.0, 95.0, 45.0],  # task 2 after stage 1, before it was trained: also higher
+            [50.0, 70.0, 40.0],
+            [40.0, 65.0, 80.0],
+        ]
+    )
+    # old F, max over rows 0..2: 1/2 [(90 - 40) + (95 - 65)] = 40
+    # new F, max over rows j..2: 1/2 [(max(60, 50) - 40) + (70 - 65)] = 12.5
+    assert continual_metrics(R)["F"][0] == pytest.approx(12.5)
+    expected = np.zeros((4, 3))
+    expected[1, 0], expected[2, 1] = 0.5, 0.5  # the argmax cells R11 and R22
+    expected[3, 0], expected[3, 1] = -0.5, -0.5
+    np.testing.assert_allclose(coefficient_matrices(R)["F"], expected)
+    # a task whose best trained state is a later one: task 1 peaks after stage 2
+    R[2, 0] = 65.0
+    assert continual_metrics(R)["F"][0] == pytest.approx(0.5 * ((65 - 40) + (70 - 65)))
+    # a NaN before the task's stage is unused; a NaN in a trained row makes F NaN
+    R[0, 0], R[1, 1] = math.nan, math.nan
+    assert continual_metrics(R)["F"][0] == pytest.approx(15.0)
+    R[1, 0] = math.nan
+    assert math.isnan(continual_metrics(R)["F"][0])
+
+
+def test_forgetting_with_two_tasks_is_the_drop_from_stage_1() -> None:
+    """With T = 2 the only candidate is R11: F = R11 - R21, whatever the zero-shot R01."""
+    R = np.array([[80.0, 10.0], [50.0, 60.0], [30.0, 70.0]])
+    m = continual_metrics(R, np.array([[1.0, 1.0], [3.0, 1.0], [4.0, 1.0]]))
+    assert m["F"][0] == pytest.approx(20.0)  # old F: max(80, 50) - 30 = 50
+    assert m["F"][1] == pytest.approx(5.0)  # sqrt(3^2 + 4^2)
+    np.testing.assert_allclose(
+        coefficient_matrices(R)["F"], np.array([[0.0, 0.0], [1.0, 0.0], [-1.0, 0.0]])
+    )
+    # a trained state below the final one: negative forgetting (the task improved)
+    R[1, 0] = 20.0
+    assert continual_metrics(R)["F"][0] == pytest.approx(-10.0)
 
 
 @pytest.mark.parametrize("shape", [(3, 3), (2, 2), (1, 0), (4,)])

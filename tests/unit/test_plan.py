@@ -163,3 +163,33 @@ def test_registries_match_the_schema():
 def test_a_stage_beyond_the_sequence_is_named():
     with pytest.raises(ConfigError, match=r"trains stages \[1, 2, 3\], not 4"):
         plan_of().stage_task(wc(run="demo-inclora-sapo-s0", stage="4"))
+
+
+def test_evaluation_outcomes_choose_the_evaluation_rules_and_the_metrics():
+    """generation, likelihood or both: R's inputs, the metrics and the compared metrics follow."""
+    run = wc(run="demo-inclora-sapo-s0")
+    both = plan_of(evaluation={"outcomes": ["generation", "likelihood"]})
+    inputs = both.run_evaluations(run)
+    assert set(inputs) == {"zero_shot", "stages", "zero_shot_likelihood", "stage_likelihood"}
+    assert inputs["stage_likelihood"][0] == paths.fill(
+        paths.LIKELIHOOD, run="demo-inclora-sapo-s0", stage=1
+    )
+    assert both.metrics == (
+        "rougeL", "exact_match", "label_accuracy", "gold_logprob", "rank_accuracy"
+    )  # fmt: skip
+    assert both.compared_metrics == ["rougeL", "label_accuracy", "gold_logprob", "rank_accuracy"]
+    assert both.layout(both.run(run))["metrics"] == list(both.metrics)
+    only = plan_of(evaluation={"outcomes": ["likelihood"]})
+    assert set(only.run_evaluations(run)) == {"zero_shot_likelihood", "stage_likelihood"}
+    assert only.compared_metrics == ["gold_logprob", "rank_accuracy"]
+    assert plan_of().metrics == ("rougeL", "exact_match", "label_accuracy")
+
+
+def test_a_metric_the_outcomes_do_not_compute_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"comparison.metrics: rank_accuracy .*add its outcome"):
+        plan_of(comparison={"metrics": ["rank_accuracy"]})
+    with pytest.raises(ConfigError, match=r"study.metric: gold_logprob .*likelihood"):
+        plan_of(
+            study={"pairs": [["task195", "task1310"]], "metric": "gold_logprob"},
+            evaluation={"outcomes": ["generation"]},
+        )

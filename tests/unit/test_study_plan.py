@@ -31,16 +31,22 @@ def wc(**kw):
 def test_the_bundled_study_config_is_a_study_without_other_runs():
     plan = study_plan()
     assert plan.runs == {}
-    assert list(plan.branches) == ["study_task195_task1310-inclora-s0"]
+    assert len(plan.branches) == 5
     branch = plan.branches["study_task195_task1310-inclora-s0"]
     assert branch.parent == "study_task195_task1310-inclora-original-s0"
     assert branch.cell(3) == "study_task195_task1310-inclora-fixed_3-s0"
+    assert branch.unseen == ("task073", "task591", "task875")
     assert plan.all_targets(None) == plan.study.targets()
-    assert {"task195", "task1310", "task363", "task1343"} <= set(plan.tasks)
+    # evaluated by likelihood only, its outcome the gold answer's log-likelihood
+    assert plan.outcomes == ["likelihood"] and plan.config["study"]["metric"] == "gold_logprob"
+    assert set(plan.run_evaluations(wc(run=branch.cell(3)))) == {
+        "zero_shot_likelihood",
+        "stage_likelihood",
+    }
 
 
 def test_cells_share_the_parents_first_stage():
-    plan = study_plan(methods=["inclora", "olora"], seeds=[0, 1])
+    plan = study_plan(pairs=[["task195", "task1310"]], methods=["inclora", "olora"], seeds=[0, 1])
     assert len(plan.branches) == 4
     cell = "study_task195_task1310-olora-fixed_2-s1"
     parent = "study_task195_task1310-olora-original-s1"

@@ -1,4 +1,4 @@
-"""Command line: ``python -m promptcl show PATH``."""
+"""Command line: ``python -m promptcl show PATH`` and ``python -m promptcl power [RESULTS]``."""
 
 import sys
 

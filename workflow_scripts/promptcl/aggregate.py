@@ -13,13 +13,15 @@ import numpy as np
 import pandas as pd
 
 from .metrics import (
-    BINARY_METRICS,
     CONTINUAL_METRICS,
     METRICS,
     as_str_list,
     continual_metrics,
     majority_rate,
     mean_stderr,
+)
+from .metrics import (
+    metric as spec_of,
 )
 
 CELL_COLUMNS = ("stage", "task", "role", "metric", "score", "stderr", "n", "majority_rate")
@@ -32,7 +34,15 @@ PROTOCOLS = {
     "trained_prompt": "seen tasks with the prompt they were trained with (the SAPO paper)",
 }
 TRAINED_PROMPT_ID = "trained"
-_REQUIRED_PRED_COLUMNS = ("id", "prediction", "references", "labels", *METRICS)
+#: The likelihood evaluation's own columns, joined to the generation rows of the same item.
+LIKELIHOOD_ONLY = (
+    "gold_logprob",
+    "gold_logprob_sum",
+    "gold_tokens",
+    "rank_prediction",
+    "rank_accuracy",
+    "answers_scored",
+)
 
 
 def _check_tasks(sequence: Sequence[str], unseen: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -54,16 +64,52 @@ def _is_generation(df: pd.DataFrame) -> bool:
     return all(not as_str_list(lbls) for lbls in df["labels"])
 
 
+def present_metrics(predictions: Mapping[tuple[int, str], pd.DataFrame]) -> list[str]:
+    """The registered metrics every table has a column for, in registry order."""
+    tables = list(predictions.values())
+    return [m for m in METRICS if tables and all(m in t.columns for t in tables)]
+
+
+def combine_outcomes(
+    generation: Mapping[tuple[int, str], pd.DataFrame] | None,
+    likelihood: Mapping[tuple[int, str], pd.DataFrame] | None,
+) -> dict[tuple[int, str], pd.DataFrame]:
+    """One table per (stage, task): the generation rows with the likelihood columns of the
+    same (prompt, item) joined, or either alone. Both evaluations must have measured exactly the
+    same (prompt, item) rows: a mismatch is an error, never a silent NaN."""
+    if not generation or not likelihood:
+        return dict(generation or likelihood or {})
+    if set(generation) != set(likelihood):
+        raise ValueError(
+            "the generation and likelihood evaluations cover different (stage, task) cells: "
+            f"{sorted(set(generation) ^ set(likelihood))}"
+        )
+    out = {}
+    keys = ["prompt_id", "id"]
+    for key, gen in generation.items():
+        lik = likelihood[key][[*keys, *LIKELIHOOD_ONLY]]
+        merged = gen.merge(lik, on=keys, how="outer", validate="one_to_one", indicator=True)
+        if (merged["_merge"] != "both").any():
+            raise ValueError(
+                f"(stage, task) {key}: the generation and likelihood evaluations measured "
+                "different (prompt, item) rows"
+            )
+        out[key] = merged.drop(columns="_merge")
+    return out
+
+
 def cell_table(
     predictions: Mapping[tuple[int, str], pd.DataFrame],
     sequence: Sequence[str],
     unseen: Sequence[str],
     stages: Sequence[int] | None = None,
+    metrics: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Long table of (stage, task, metric) scores with stderr, n and majority-class rate.
 
     Requires a table for stage 0 and every evaluated stage (``stages``, default 1..T) of every
     sequence and unseen task, because a silently missing cell would bias the continual metrics.
+    ``metrics`` defaults to every registered metric the tables have.
     """
     seq, uns = _check_tasks(sequence, unseen)
     rows_of_r = _rows(len(seq), stages)
@@ -71,33 +117,34 @@ def cell_table(
     missing = [(s, t) for s in rows_of_r for t, _ in tasks if (s, t) not in predictions]
     if missing:
         raise ValueError(f"missing prediction tables for (stage, task): {missing}")
+    metrics = present_metrics(predictions) if metrics is None else list(metrics)
+    required = ("id", "references", "labels", *metrics)
     rows: list[dict[str, object]] = []
     for stage in rows_of_r:
         for task, role in tasks:
             df = predictions[(stage, task)]
-            absent = [c for c in _REQUIRED_PRED_COLUMNS if c not in df.columns]
+            absent = [c for c in required if c not in df.columns]
             if absent:
                 raise ValueError(f"prediction table ({stage}, {task!r}) lacks columns {absent}")
             generation = _is_generation(df)
             labels = as_str_list(df["labels"].iloc[0]) if len(df) else []
             majority = math.nan if generation else majority_rate(list(df["references"]), labels)
-            for metric in METRICS:
-                if metric == "label_accuracy" and generation:
+            for name in metrics:
+                spec = spec_of(name)
+                if spec.labels_only and generation:
                     score, se, n = math.nan, math.nan, 0
                 else:
-                    score, se, n = mean_stderr(
-                        df[metric].to_numpy(dtype=float), metric in BINARY_METRICS
-                    )
+                    score, se, n = mean_stderr(df[name].to_numpy(dtype=float), spec.binary)
                 rows.append(
                     {
                         "stage": stage,
                         "task": task,
                         "role": role,
-                        "metric": metric,
+                        "metric": name,
                         "score": score,
                         "stderr": se,
                         "n": n,
-                        "majority_rate": majority,
+                        "majority_rate": majority if spec.chance else math.nan,
                     }
                 )
     out = pd.DataFrame(rows, columns=list(CELL_COLUMNS))
@@ -260,6 +307,7 @@ def robustness(
     predictions: Mapping[tuple[int, str], pd.DataFrame],
     sequence: Sequence[str],
     unseen: Sequence[str],
+    metrics: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """AP of the final state under each evaluation prompt (the original and the held-out
     paraphrases; not the run's own trained prompts), then its mean and SD across prompts.
@@ -268,6 +316,7 @@ def robustness(
     with a single prompt) and ``AP_<prompt_id>`` for each prompt.
     """
     T = len(sequence)
+    metrics = present_metrics(predictions) if metrics is None else list(metrics)
     per_prompt = {}
     for pid, tables in split_prompts(predictions).items():
         if pid == TRAINED_PROMPT_ID:
@@ -277,10 +326,10 @@ def robustness(
             continue  # a prompt evaluated on only some tasks cannot give an AP
         per_prompt[pid] = {
             metric: float(np.mean([_mean(final[(T, t)], metric) for t in sequence]))
-            for metric in METRICS
+            for metric in metrics
         }
     rows = []
-    for metric in METRICS:
+    for metric in metrics:
         values = {pid: v[metric] for pid, v in per_prompt.items()}
         arr = np.array(list(values.values()), dtype=float)
         rows.append(

@@ -14,36 +14,44 @@ A difference is called "higher" or "lower" only when its Holm-adjusted p-value i
 1 − level (then its interval excludes 0); otherwise it is "within noise". With two or more seeds
 the verdict rests on the t-test; with one seed, or when every seed gave the same difference (the
 t-test is then undefined), on the bootstraps: every seed's must agree.
+
+Every comparison also states what it could have detected: ``mde``, the smallest true difference
+its own test finds with 80% power (:data:`stats.POWER`) at α/m, α = 1 − level and m the number
+of tests in its Holm family, from the observed paired variability (see :func:`_mde`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from . import stats
-from .metrics import METRICS, continual_metrics
+from .metrics import continual_metrics
 
 #: the configuration of a run; runs that share it differ only by seed
 CONFIGURATION = ("sequence", "method", "strategy")
 #: the measures aggregated and compared (columns of the run summaries)
 MEASURES = ("AP", "BWT", "FWT", "F", "plasticity", "ACC", "unseen_mean")
-INSTANCE_COLUMNS = ("protocol", "stage", "task", "id", *METRICS)
+INSTANCE_KEYS = ("protocol", "stage", "task", "id")  # then one column per metric
 
 
-def instance_scores(tables: dict[str, dict[tuple[int, str], pd.DataFrame]]) -> pd.DataFrame:
-    """The instance-level scores R is averaged from: protocol -> {(stage, task): predictions}."""
+def instance_scores(
+    tables: dict[str, dict[tuple[int, str], pd.DataFrame]], metrics: Sequence[str]
+) -> pd.DataFrame:
+    """The instance-level scores R is averaged from: protocol -> {(stage, task): predictions},
+    one column per metric of the run."""
     parts = []
     for protocol, cells in tables.items():
         for (stage, task), df in cells.items():
-            part = df[["id", *METRICS]].copy()
+            part = df[["id", *metrics]].copy()
             part.insert(0, "task", task)
             part.insert(0, "stage", int(stage))
             part.insert(0, "protocol", protocol)
             parts.append(part)
-    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=INSTANCE_COLUMNS)
+    columns = [*INSTANCE_KEYS, *metrics]
+    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
     out["id"] = out["id"].astype(str)
     return out.sort_values(["protocol", "stage", "task"], kind="stable").reset_index(drop=True)
 
@@ -78,6 +86,37 @@ def _family_holm(table: pd.DataFrame, family: Sequence[str], p: str) -> pd.Serie
     return adjusted
 
 
+def _family_alpha(table: pd.DataFrame, family: Sequence[str], p: str, level: float) -> pd.Series:
+    """α/m per row: Holm's most stringent threshold, m the tests (finite p) in the row's family."""
+    alpha = pd.Series(np.nan, index=table.index)
+    for _, part in table.groupby(list(family), sort=False):
+        m = int(np.isfinite(part[p].to_numpy(dtype=float)).sum())
+        alpha[part.index] = (1 - level) / m if m else np.nan
+    return alpha
+
+
+def _mde(
+    table: pd.DataFrame,
+    family: Sequence[str],
+    level: float,
+    mde: Callable[[pd.Series, float], float],
+) -> pd.Series:
+    """Each row's minimum detectable difference at 80% power for its own test, at α/m.
+
+    Holm compares the smallest p with α/m and larger ones with looser thresholds, so a row's
+    threshold depends on the other tests' outcomes; α/m is the threshold every test meets, so
+    a true difference of at least ``mde`` is called with 80% power whatever the other tests
+    do (conservative for the rest). NaN where the row has no test (no p)."""
+    if not len(table):
+        return pd.Series([], dtype=float)
+    alpha = _family_alpha(table, family, "p", level)
+    values = [
+        mde(row, a) if np.isfinite(row["p"]) and np.isfinite(a) else np.nan
+        for (_, row), a in zip(table.iterrows(), alpha, strict=True)
+    ]
+    return pd.Series(values, index=table.index, dtype=float)
+
+
 def compare_seeds(
     summary: pd.DataFrame,
     baseline: dict,
@@ -85,10 +124,14 @@ def compare_seeds(
     by_seed: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Each configuration against the baseline (method, strategy) of its sequence, paired
-    across the seeds both ran: mean difference with its t interval, t, p and Holm's p.
+    across the seeds both ran: mean difference with its t interval, t, p, Holm's p, the
+    verdict and ``mde``: the smallest true difference the paired t-test detects with 80% power
+    at α/m (α = 1 − level, m the tests of the protocol × metric family), from the SD of the
+    per-seed differences (:func:`stats.mde_t`, the exact noncentral-t solution).
 
     ``by_seed`` (from :func:`compare_instances`) supplies the verdict where the t-test has no
-    p-value: one shared seed, or the same difference in every seed."""
+    p-value: one shared seed, or the same difference in every seed; the row's ``mde`` is then
+    the largest of those seeds' bootstrap ``mde``."""
     rows = []
     is_base = (summary["method"] == baseline["method"]) & (
         summary["strategy"] == baseline["strategy"]
@@ -133,6 +176,9 @@ def compare_seeds(
     table["verdict"] = [
         verdict(d, p, level) for d, p in zip(table["diff"], table["p_holm"], strict=True)
     ]
+    table["mde"] = _mde(
+        table, ["protocol", "metric"], level, lambda row, a: stats.mde_t(row["sd"], row["n"], a)
+    )
     if by_seed is not None and len(table):
         _bootstrap_verdicts(table, by_seed)
     return table
@@ -141,7 +187,8 @@ def compare_seeds(
 def _bootstrap_verdicts(table: pd.DataFrame, by_seed: pd.DataFrame) -> None:
     """Where the t-test gives no p (one seed, or the same difference in every seed), the
     per-seed bootstraps decide: higher/lower only if every seed's says so, else within noise;
-    the interval is the envelope of the seeds' intervals, p the largest Holm p."""
+    the interval is the envelope of the seeds' intervals, p the largest Holm p, mde the largest
+    of the seeds' (each seed must detect the difference for the row to call it)."""
     keys = [*CONFIGURATION, "protocol", "metric", "measure"]
     boot = by_seed.set_index(keys).sort_index()
     for i in table.index[table["p"].isna() & (table["n"] >= 1)]:
@@ -157,6 +204,7 @@ def _bootstrap_verdicts(table: pd.DataFrame, by_seed: pd.DataFrame) -> None:
         table.loc[i, "ci_low"] = hits["ci_low"].min()
         table.loc[i, "ci_high"] = hits["ci_high"].max()
         table.loc[i, "p_holm"] = hits["p_holm"].max()
+        table.loc[i, "mde"] = hits["mde"].max() if "mde" in hits else np.nan
         single = len(verdicts) == 1 and verdicts <= {"higher", "lower"}
         table.loc[i, "verdict"] = verdicts.pop() if single else "within noise"
         where = f"seed {hits['seed'].iloc[0]}" if len(hits) == 1 else f"each of {len(hits)} seeds"
@@ -241,7 +289,10 @@ def compare_instances(
     metrics: Sequence[str] = ("label_accuracy", "rougeL"),
 ) -> pd.DataFrame:
     """Per seed, each run against the baseline run of its sequence and seed: the paired
-    bootstrap difference of every measure, its percentile interval, p and Holm's p.
+    bootstrap difference of every measure, its percentile interval, p, Holm's p, the verdict
+    and ``mde``: the smallest true difference the bootstrap's z-test detects with 80% power at
+    α/m (α = 1 − level, m the tests of the protocol × metric × seed family), from the SD of the
+    bootstrap differences, the SE ``p`` uses (:func:`stats.mde_z`).
 
     ``instances``: run -> its instance scores; ``layouts``: run -> sequence name, tasks, unseen,
     method, strategy, seed (as the aggregate rule's layout)."""
@@ -297,19 +348,21 @@ def compare_instances(
                             "ci_high": high,
                             "p": stats.bootstrap_p(d, point_a[measure] - point_b[measure]),
                             "resamples": resamples,
+                            "se": stats.bootstrap_se(d),
                         }
                     )
     columns = [
         "sequence", "method", "strategy", "seed", "run", "baseline_run", "protocol", "metric",
         "measure", "diff", "ci_low", "ci_high", "p", "resamples",
     ]  # fmt: skip
-    table = pd.DataFrame(rows, columns=columns)
+    table = pd.DataFrame(rows, columns=[*columns, "se"])
     family = ["protocol", "metric", "seed"]
     table["p_holm"] = _family_holm(table, family, "p") if len(table) else []
     table["verdict"] = [
         verdict(d, p, level) for d, p in zip(table["diff"], table["p_holm"], strict=True)
     ]
-    return table
+    table["mde"] = _mde(table, family, level, lambda row, a: stats.mde_z(row["se"], a))
+    return table.drop(columns="se")
 
 
 def _point(scores: pd.DataFrame, layout: dict, protocol: str, metric: str) -> dict[str, float]:

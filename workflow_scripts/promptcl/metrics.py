@@ -1,8 +1,9 @@
-"""Instance-level scores and continual-learning metrics, all on a 0-100 scale.
+"""Instance-level scores and continual-learning metrics.
 
-Instance scores follow the SuperNI evaluation, which the SAPO reference reuses (SQuAD-style
+Generation scores follow the SuperNI evaluation, which the SAPO reference reuses (SQuAD-style
 normalisation without article removal, ROUGE-L with stemming, max over references), so numbers
-are comparable with published results. Continual metrics are
+are comparable with published results; they and rank accuracy are on a 0-100 scale, the gold
+answer's log-likelihood in nats per token (:data:`REGISTRY`). Continual metrics are
 expressed as coefficient matrices over the accuracy matrix so that one linear form gives both the
 value and, assuming independent cells, its standard error.
 """
@@ -14,15 +15,102 @@ import math
 import re
 import string
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-BINARY_METRICS = ("exact_match", "label_accuracy")
-METRICS = ("rougeL", "exact_match", "label_accuracy")
+#: How an evaluation measures a state: greedy ``generation`` scored against the references, or
+#: the ``likelihood`` of the gold answer (and of every label) in one teacher-forced pass.
+OUTCOMES = ("generation", "likelihood")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """An instance score: which evaluation computes it, and what its numbers mean.
+
+    ``binary`` scores are 0 or 100 per item (binomial standard errors); ``labels_only`` ones
+    exist only for tasks with a label set (NaN otherwise); ``bounded`` ones lie in 0-100 (figures
+    draw them on that scale), the others (a log-likelihood) on their own; ``chance`` ones are read
+    against the majority-class rate; ``compared`` ones are compared with the baseline unless
+    ``comparison.metrics`` names others."""
+
+    name: str
+    outcome: str
+    description: str
+    binary: bool = False
+    labels_only: bool = False
+    bounded: bool = True
+    chance: bool = True
+    compared: bool = True
+    unit: str = "points (0-100)"
+    decimals: int = 1
+
+
+#: Every metric, in the order tables and figures show them (one registry, read everywhere).
+REGISTRY: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric("rougeL", "generation", "ROUGE-L F of the greedy answer, max over references"),
+        Metric(
+            "exact_match",
+            "generation",
+            "the normalised greedy answer equals a normalised reference",
+            binary=True,
+            compared=False,
+        ),
+        Metric(
+            "label_accuracy",
+            "generation",
+            "the first label the greedy answer states is the gold label",
+            binary=True,
+            labels_only=True,
+        ),
+        Metric(
+            "gold_logprob",
+            "likelihood",
+            "mean log-probability per token of the gold answer (with its end-of-turn token)",
+            bounded=False,
+            chance=False,
+            unit="nats per token",
+            decimals=3,
+        ),
+        Metric(
+            "rank_accuracy",
+            "likelihood",
+            "the label with the highest likelihood (rank classification) is the gold label",
+            binary=True,
+            labels_only=True,
+        ),
+    )
+}
+METRICS = tuple(REGISTRY)
+BINARY_METRICS = tuple(m.name for m in REGISTRY.values() if m.binary)
 CONTINUAL_METRICS = ("AP", "BWT", "FWT", "F", "BWT_avg", "FWT_avg", "plasticity", "ACC")
+
+
+def metric(name: str) -> Metric:
+    """The registered metric ``name``; a ValueError lists the known ones."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown metric {name!r}; known: {list(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def metrics_of(outcomes: Iterable[str]) -> tuple[str, ...]:
+    """The metrics the given evaluations (``evaluation.outcomes``) compute, in registry order."""
+    outcomes = list(outcomes)
+    unknown = sorted(set(outcomes) - set(OUTCOMES))
+    if unknown:
+        raise ValueError(f"evaluation.outcomes: unknown {unknown}; expected among {OUTCOMES}")
+    return tuple(m.name for m in REGISTRY.values() if m.outcome in outcomes)
+
+
+def compared_metrics(outcomes: Iterable[str]) -> tuple[str, ...]:
+    """The metrics compared with the baseline by default (``comparison.metrics: null``)."""
+    return tuple(m for m in metrics_of(outcomes) if REGISTRY[m].compared)
+
 
 _PUNCTUATION = frozenset(string.punctuation)
 
@@ -176,6 +264,10 @@ def coefficient_matrices(R: np.ndarray) -> dict[str, np.ndarray]:
     average accuracy over stages, mean over i of mean_{j<=i} R[i][j]. Undefined metrics (the
     transfer and forgetting ones when T == 1, F when a max candidate is NaN) get an all-NaN
     matrix. F depends on R only through which stage attains the max for each task.
+
+    F (Chaudhry et al. 2018) maxes task j over rows j..T-1, the states after training on it:
+    row 0 (zero-shot) and the rows before stage j never trained on j, so a drop from a higher
+    score there is not counted as forgetting what training on j taught.
     """
     arr = _check_accuracy_matrix(R)
     T = arr.shape[1]
@@ -194,11 +286,11 @@ def coefficient_matrices(R: np.ndarray) -> dict[str, np.ndarray]:
     for j in range(1, T):  # BWT and F over tasks j < T
         coeffs["BWT"][T, j - 1] += w
         coeffs["BWT"][j, j - 1] -= w
-        candidates = arr[:T, j - 1]  # stages 0..T-1
+        candidates = arr[j:T, j - 1]  # stages j..T-1: trained on task j, before the last
         if np.isnan(candidates).any():
             coeffs["F"][:] = math.nan
         elif not np.isnan(coeffs["F"]).any():
-            coeffs["F"][int(np.argmax(candidates)), j - 1] += w
+            coeffs["F"][j + int(np.argmax(candidates)), j - 1] += w
             coeffs["F"][T, j - 1] -= w
     for j in range(2, T + 1):  # FWT over tasks j >= 2
         coeffs["FWT"][j - 1, j - 1] += w

@@ -22,6 +22,7 @@ REPLY_CACHE = f"{RESULTS}/prompts/cache"  # undeclared: replies survive reruns a
 BASE_SCORES = f"{RESULTS}/prompts/{{task}}/scores_base.parquet"
 
 ZERO_SHOT = f"{RESULTS}/zero_shot/predictions/{{task}}.parquet"
+ZERO_SHOT_LIKELIHOOD = f"{RESULTS}/zero_shot/likelihood/{{task}}.parquet"
 
 STAGE = f"{RESULTS}/{{run}}/stage_{{stage}}"
 STAGE_SCORES = f"{STAGE}/prompt_scores.parquet"
@@ -30,6 +31,7 @@ STAGE_RECORD = "promptcl_stage.json"  # inside the adapter folder: what the stag
 TRAIN_LOG = f"{STAGE}/train_log.parquet"
 STATE = f"{STAGE}/state"  # undeclared: Snakemake deletes declared outputs of a restarted job
 PREDICTIONS = f"{STAGE}/predictions"
+LIKELIHOOD = f"{STAGE}/likelihood"  # <task>.parquet: gold log-likelihood, rank classification
 
 MATRIX = f"{RESULTS}/{{run}}/metrics/accuracy_matrix.parquet"
 RUN_SUMMARY = f"{RESULTS}/{{run}}/metrics/summary.parquet"
@@ -81,8 +83,10 @@ JOB_PARAPHRASE = "prompts/{task}/candidates"
 JOB_BASE_SCORES = "prompts/{task}/scores_base"
 JOB_STAGE_SCORES = "{run}/stage_{stage}/prompt_scores"
 JOB_ZERO_SHOT = "zero_shot/predictions/{task}"
+JOB_ZERO_SHOT_LIKELIHOOD = "zero_shot/likelihood/{task}"
 JOB_TRAIN = "{run}/stage_{stage}/train"
 JOB_PREDICT = "{run}/stage_{stage}/predictions"
+JOB_LIKELIHOOD = "{run}/stage_{stage}/likelihood"
 JOB_AGGREGATE = "{run}/metrics/aggregate"
 JOB_SUMMARIZE = "summarize"
 JOB_COMPARE = "compare_runs"

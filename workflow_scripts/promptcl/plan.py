@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import paths
 from .methods import method_of
+from .metrics import compared_metrics, metric, metrics_of
 from .runs import (
     ConfigError,
     Run,
@@ -69,6 +70,22 @@ def check_methods(config: dict, runs) -> None:
         raise ConfigError(f"comparison.baseline: {err}") from None
 
 
+def check_metrics(config: dict) -> None:
+    """Every metric the config names is computed by ``evaluation.outcomes``."""
+    outcomes = config["evaluation"]["outcomes"]
+    active = metrics_of(outcomes)
+    named = [("comparison.metrics", m) for m in config["comparison"]["metrics"] or []]
+    if (config.get("study") or {}).get("pairs"):
+        named.append(("study.metric", config["study"]["metric"]))
+    for key, name in named:
+        if name not in active:
+            raise ConfigError(
+                f"{key}: {name} is not computed by evaluation.outcomes {list(outcomes)} "
+                f"(they compute {list(active)}); add its outcome "
+                f"({metric(name).outcome}) or choose another metric"
+            )
+
+
 @dataclass
 class WorkflowPlan:
     config: dict
@@ -98,6 +115,7 @@ class WorkflowPlan:
         tasks = resolve_tasks([*runs.values(), *cells.values()], task_sources(config, workflow_dir))
         model_file = model_source_file(config, workflow_dir)
         check_methods(config, [*runs.values(), *cells.values()])
+        check_metrics(config)
         shared, hosts = share_first_stages(config, {**runs, **cells})
         runs = {name: shared[name] for name in runs}
         cells = {name: shared[name] for name in cells}
@@ -148,6 +166,25 @@ class WorkflowPlan:
     @property
     def heldout(self) -> int:
         return self.config["evaluation"]["heldout_prompts"]
+
+    @property
+    def outcomes(self) -> list[str]:
+        """The evaluations every state gets: generation, likelihood or both."""
+        return list(self.config["evaluation"]["outcomes"])
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The instance metrics those evaluations compute (:data:`promptcl.metrics.REGISTRY`)."""
+        return metrics_of(self.outcomes)
+
+    @property
+    def compared_metrics(self) -> list[str]:
+        """``comparison.metrics``, or the active outcomes' default compared metrics."""
+        chosen = self.config["comparison"]["metrics"]
+        return list(compared_metrics(self.outcomes) if chosen is None else chosen)
+
+    def comparison_params(self) -> dict:
+        return {**self.config["comparison"], "metrics": self.compared_metrics}
 
     @property
     def prompts(self) -> dict:
@@ -364,6 +401,24 @@ class WorkflowPlan:
             for k in self.trained_stages(run)
         ]
 
+    def run_evaluations(self, wildcards) -> dict[str, list[str]]:
+        """Every evaluation R is built from, per active outcome (``evaluation.outcomes``): stage
+        0 per task, then each trained stage's folder (named by the run that trains it)."""
+        run = self.run(wildcards)
+        out = {}
+        if "generation" in self.outcomes:
+            out["zero_shot"] = self.zero_shot_predictions(wildcards)
+            out["stages"] = self.stage_predictions(wildcards)
+        if "likelihood" in self.outcomes:
+            out["zero_shot_likelihood"] = [
+                paths.fill(paths.ZERO_SHOT_LIKELIHOOD, task=t) for t in run.eval_tasks
+            ]
+            out["stage_likelihood"] = [
+                paths.fill(paths.LIKELIHOOD, run=self.owner(run.name, k), stage=k)
+                for k in self.trained_stages(run)
+            ]
+        return out
+
     def run_adapters(self, wildcards) -> list[str]:
         run = self.run(wildcards)
         return self.adapters(run.name, self.trained_stages(run))
@@ -387,6 +442,7 @@ class WorkflowPlan:
             "seed": run.seed,
             "name": run.sequence,
             "stages": self.trained_stages(run),
+            "metrics": list(self.metrics),
         }
 
     def run_summaries(self, wildcards) -> dict:

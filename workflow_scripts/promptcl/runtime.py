@@ -64,3 +64,13 @@ def load_job_state(snakemake, merge: bool = False):
     model = load_state(model_dir, adapters, precision, trust, merge=merge).to(default_device())
     use_attention(model, options.get("attn_implementation", "auto"), training=False)
     return model, load_tokenizer(model_dir, trust), precision
+
+
+def task_output(snakemake, task: str) -> Path:
+    """Where an evaluation job writes a task's table: its single output file (stage 0, one task
+    per job), else ``<task>.parquet`` in its output folder (after a stage, every task)."""
+    out = Path(snakemake.output[0])
+    if out.suffix == ".parquet":
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    return out / f"{task}.parquet"

@@ -1,4 +1,5 @@
-"""``python -m promptcl show PATH``: any artifact of a run, readable without writing pandas.
+"""``python -m promptcl show PATH``: any artifact of a run, readable without writing pandas
+(and ``python -m promptcl power [results]``: :mod:`promptcl.power`).
 
 - an accuracy matrix: R per protocol and metric as stage × task, "score±se", chance level beneath;
 - any other parquet: its shape, then the rows (long texts shortened, wide tables wrapped);
@@ -91,10 +92,19 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     show = commands.add_parser("show", help="print an artifact (parquet, run folder, adapter)")
     show.add_argument("path", type=Path)
+    power = commands.add_parser(
+        "power", help="the per-item noise of each metric and the items/seeds a difference needs"
+    )
+    power.add_argument("results", type=Path, nargs="?", default=Path(paths.RESULTS))
     args = parser.parse_args(argv)
     try:
-        sys.stdout.write(show_path(args.path))
-    except ShowError as err:
+        if args.command == "power":
+            from .power import report
+
+            sys.stdout.write(report(args.results))
+        else:
+            sys.stdout.write(show_path(args.path))
+    except (ShowError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

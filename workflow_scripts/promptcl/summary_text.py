@@ -4,11 +4,13 @@ chance level beneath, and run-versus-baseline comparisons that say plainly what 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import pandas as pd
 
 from .aggregate import PROTOCOLS, matrix
 from .metrics import CONTINUAL_METRICS
+from .metrics import metric as spec_of
 
 
 def _fmt(value: float, se: float) -> str:
@@ -35,7 +37,9 @@ def format_summary(summary: pd.DataFrame, run: str) -> str:
             lines.append(f"| {row['metric']} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Differences smaller than ~2 se (twice the ± value) are within noise.",
+        "Two runs differ beyond noise only above ~2 se of their difference, se = √(se_a² + se_b²)",
+        "(≈ 1.4 × the ± value when equal). Runs on the same test items are compared paired, more",
+        "tightly: results/comparisons.parquet, comparisons_by_seed.parquet, results/summary.txt.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -48,15 +52,20 @@ def format_matrix(cells: pd.DataFrame, metric: str) -> str:
     """
     scores, errors = matrix(cells, metric), matrix(cells, metric, "stderr")
     text = scores.copy().astype(object)
+    digits = spec_of(metric).decimals
     for stage in scores.index:
         for task in scores.columns:
             v, se = scores.loc[stage, task], errors.loc[stage, task]
-            text.loc[stage, task] = "n/a" if pd.isna(v) else f"{v:.1f}±{se:.1f}"
+            text.loc[stage, task] = "n/a" if pd.isna(v) else f"{v:.{digits}f}±{se:.{digits}f}"
     majority = cells[cells["metric"] == metric].groupby("task")["majority_rate"].first()
     text.loc["majority"] = [
         "-" if pd.isna(majority.get(t)) else f"{majority[t]:.1f}" for t in scores.columns
     ]
-    return f"R[stage, task] for {metric} (± binomial/sample standard error):\n{text.to_string()}\n"
+    unit = spec_of(metric).unit
+    return (
+        f"R[stage, task] for {metric}, {unit} (± binomial/sample standard error):\n"
+        f"{text.to_string()}\n"
+    )
 
 
 SHOWN = ("AP", "BWT", "FWT", "plasticity", "ACC", "unseen_mean")
@@ -85,14 +94,29 @@ def format_seeds(seeds: pd.DataFrame, metric: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def readable_verdict(row: Mapping | pd.Series) -> str:
+    """A comparison's verdict as a reader should see it: "within noise" says what the test could
+    have detected (its ``mde``, in the metric's points), so a null result is not read as "no
+    difference". The stored ``verdict`` values stay as they are (code filters on them)."""
+    verdict = str(row.get("verdict", "n/a"))
+    mde = row.get("mde", float("nan"))
+    if verdict == "within noise" and mde is not None and math.isfinite(float(mde)):
+        return f"within noise (could detect ≥ {float(mde):.1f})"
+    return verdict
+
+
 def format_comparisons(comparisons: pd.DataFrame, metric: str) -> str:
     """Each configuration minus the baseline, paired: difference [interval], Holm's p and the
-    verdict (higher/lower only when the interval excludes 0)."""
+    verdict (higher/lower only when the interval excludes 0; within noise with the smallest
+    difference the test detects with 80% power)."""
     part = comparisons[(comparisons["metric"] == metric) & comparisons["measure"].isin(SHOWN)]
     if part.empty:
         return ""
     base = part["baseline"].iloc[0]
-    lines = [f"Against {base} ({metric}), paired; Holm-corrected per protocol and metric:"]
+    lines = [
+        f"Against {base} ({metric}), paired; Holm-corrected per protocol and metric",
+        "(could detect ≥ X: a true difference of X points is called with 80% power):",
+    ]
     for key, group in part.groupby(["sequence", "method", "strategy", "protocol"], sort=False):
         lines.append(f"  {'/'.join(map(str, key))} ({group['basis'].iloc[0]}):")
         for _, row in group.iterrows():
@@ -101,6 +125,6 @@ def format_comparisons(comparisons: pd.DataFrame, metric: str) -> str:
             lines.append(
                 f"    {row['measure']:<12} {row['diff']:+7.2f} "
                 f"{_interval(row['ci_low'], row['ci_high']):>18}  p_holm "
-                f"{row['p_holm']:.3f}  {row['verdict']}"
+                f"{row['p_holm']:.3f}  {readable_verdict(row)}"
             )
     return "\n".join(lines) + "\n"

@@ -16,11 +16,30 @@ import numpy as np
 import pandas as pd
 
 from ..aggregate import PROTOCOLS, matrix
+from ..metrics import metric as spec_of
+from ..summary_text import readable_verdict
 from .style import COLORS, new_figure, save
 
 #: The summary's measures compared across runs (each has a standard-error column).
 COMPARED = ("AP", "BWT", "FWT", "F", "plasticity", "ACC", "unseen_mean")
 Z95 = 1.959964
+
+
+def axis_label(metric: str) -> str:
+    """The metric with its unit, e.g. "rougeL (points (0-100))" → "rougeL (0-100)"."""
+    unit = spec_of(metric).unit
+    return f"{metric} (0-100)" if spec_of(metric).bounded else f"{metric} ({unit})"
+
+
+def value_range(metric: str, values: np.ndarray) -> tuple[float, float]:
+    """The colour scale of R: 0-100 for bounded metrics, else the finite values' own range."""
+    if spec_of(metric).bounded:
+        return 0.0, 100.0
+    finite = values[np.isfinite(values)]
+    if not len(finite):
+        return 0.0, 1.0
+    low, high = float(finite.min()), float(finite.max())
+    return (low, high) if high > low else (low - 0.5, high + 0.5)
 
 
 def _protocols(cells: pd.DataFrame) -> list[str]:
@@ -41,11 +60,14 @@ def matrix_heatmaps(cells: pd.DataFrame, metrics: list[str], title: str, path: P
             ax = axes[r][c]
             part = _of_protocol(cells, protocol)
             scores = matrix(part, metric)
-            image = ax.imshow(scores.to_numpy(float), vmin=0, vmax=100, cmap="viridis")
-            for (i, j), value in np.ndenumerate(scores.to_numpy(float)):
+            values = scores.to_numpy(float)
+            low, high = value_range(metric, values)
+            image = ax.imshow(values, vmin=low, vmax=high, cmap="viridis")
+            decimals = max(spec_of(metric).decimals - 1, 0)
+            for (i, j), value in np.ndenumerate(values):
                 if not math.isnan(value):
-                    colour = "white" if value < 55 else "black"
-                    ax.text(j, i, f"{value:.0f}", ha="center", va="center", color=colour)
+                    colour = "white" if value < low + 0.55 * (high - low) else "black"
+                    ax.text(j, i, f"{value:.{decimals}f}", ha="center", va="center", color=colour)
             chance = part[part["metric"] == metric].groupby("task")["majority_rate"].first()
             labels = [
                 t if pd.isna(chance.get(t)) else f"{t}\n(chance {chance[t]:.0f})"
@@ -56,7 +78,7 @@ def matrix_heatmaps(cells: pd.DataFrame, metrics: list[str], title: str, path: P
             ax.set_xlabel("evaluated task")
             ax.set_ylabel("after stage (0 = base model)")
             ax.set_title(f"{metric}, {protocol or ''}", fontsize=9)
-            fig.colorbar(image, ax=ax, label=f"{metric} (0-100)", shrink=0.8)
+            fig.colorbar(image, ax=ax, label=axis_label(metric), shrink=0.8)
     fig.suptitle(title)
     return save(fig, path)
 
@@ -88,8 +110,9 @@ def forgetting_curves(cells: pd.DataFrame, metric: str, title: str, path: Path) 
                 ax.axhline(chance[task], color=colour, linestyle="--", linewidth=0.8, alpha=0.6)
         ax.set_xticks(list(scores.index))
         ax.set_xlabel("after stage (0 = base model)")
-        ax.set_ylabel(f"{metric} (0-100)")
-        ax.set_ylim(0, 100)
+        ax.set_ylabel(axis_label(metric))
+        if spec_of(metric).bounded:
+            ax.set_ylim(0, 100)
         ax.set_title(f"{protocol or ''}: {PROTOCOLS.get(protocol, '')}", fontsize=8)
         ax.legend(fontsize=7, loc="best")
     fig.suptitle(f"{title}\n(dashed: each task's chance level, the majority-class rate)")
@@ -216,7 +239,7 @@ def run_comparison(
 def _comparison_label(column: str, metric: str) -> str:
     if column == "robust_mean":
         return "robustness: AP over prompts\n(error bar: SD across prompts)"
-    return f"{column} ({metric}, 0-100)"
+    return f"{column} ({axis_label(metric)})"
 
 
 def _interval(seeds, config, protocol, metric, column) -> tuple[float, float] | None:
@@ -246,8 +269,9 @@ VERDICT_COLORS = {
 
 def baseline_differences(comparisons: pd.DataFrame, metric: str, path: Path) -> Path:
     """Each configuration minus the baseline, paired (forest plot): the difference with its
-    interval, green/red when Holm-corrected significant, grey when within noise; one panel per
-    measure, one row per protocol."""
+    interval, green/red when Holm-corrected significant, grey when within noise, labelled with
+    what the test could have detected (so a grey point is not read as "no difference"); one
+    panel per measure, one row per protocol."""
     part = comparisons[comparisons["metric"] == metric]
     measures = [m for m in COMPARED if m in set(part["measure"])]
     protocols = list(dict.fromkeys(part["protocol"])) or ["original_prompt"]
@@ -265,15 +289,20 @@ def baseline_differences(comparisons: pd.DataFrame, metric: str, path: Path) -> 
                 if not pd.isna(row["ci_low"]):
                     ax.plot([row["ci_low"], row["ci_high"]], [y, y], color=colour, linewidth=2)
                 ax.plot(row["diff"], y, "o", color=colour)
+                if row["verdict"] == "within noise" and pd.notna(row.get("mde")):
+                    ax.text(
+                        0.02, y - 0.22, readable_verdict(row), transform=ax.get_yaxis_transform(),
+                        fontsize=5.5, color=colour, ha="left", va="bottom",
+                    )  # fmt: skip
             ax.axvline(0, color="black", linewidth=0.8)
             ax.set_yticks(range(len(labels)), labels if c == 0 else [""] * len(labels), fontsize=7)
             ax.set_ylim(len(labels) - 0.5, -0.5)
-            ax.set_xlabel(f"{measure} difference (points)", fontsize=8)
+            ax.set_xlabel(f"{measure} difference ({spec_of(metric).unit})", fontsize=8)
             ax.set_title(protocol, fontsize=8)
     baseline = part["baseline"].iloc[0] if len(part) else "the baseline"
     fig.suptitle(
         f"Against {baseline} on {metric}, paired (95% interval; green/red: Holm-significant, "
-        "grey: within noise)",
+        "grey: within noise,\nwith the difference the test detects with 80% power)",
         fontsize=9,
     )
     return save(fig, path)

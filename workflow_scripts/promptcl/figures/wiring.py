@@ -11,8 +11,6 @@ RUN_FIGURES = {
     "forgetting": "forgetting curves",
     "loss": "training loss",
 }
-#: Metrics compared across runs (one figure each).
-COMPARED_METRICS = ("rougeL", "label_accuracy", "exact_match")
 
 
 class FigureWiring:
@@ -80,7 +78,7 @@ class FigureWiring:
         out += [
             paths.fill(paths.CANDIDATES_FIGURE, run=run, stage=k) for run, k in self.sapo_stages()
         ]
-        out += [paths.fill(paths.COMPARISON_FIGURE, metric=m) for m in COMPARED_METRICS]
+        out += [paths.fill(paths.COMPARISON_FIGURE, metric=m) for m in self.plan.metrics]
         out += [paths.fill(paths.BASELINE_FIGURE, metric=m) for m in self.baseline_metrics()]
         return out
 
@@ -92,4 +90,4 @@ class FigureWiring:
         others = [r for r in runs if (r.method, r.strategy) != tuple(baseline.values())]
         if not any(r.sequence in base for r in others):
             return []
-        return list(self.plan.config["comparison"]["metrics"])
+        return self.plan.compared_metrics
