@@ -49,6 +49,8 @@ def test_batched_equals_one_by_one(model, tiny_tokenizer, table):
     batched = score_candidates(model, tiny_tokenizer, FMT, table, CANDIDATES, batch_size=12)
     single = score_candidates(model, tiny_tokenizer, FMT, table, CANDIDATES, batch_size=1)
     assert list(batched.columns) == SCORE_COLUMNS
+    assert batched["answer_accuracy"].between(0, 100).all()
+    pd.testing.assert_series_equal(batched["answer_accuracy"], single["answer_accuracy"])
     assert list(batched["candidate_id"]) == [0, 1, 4]
     assert (batched["instances"] == 4).all()
     pd.testing.assert_series_equal(batched["tokens"], single["tokens"])

@@ -31,7 +31,7 @@ def wc(**kw):
 def test_the_bundled_study_config_is_a_study_without_other_runs():
     plan = study_plan()
     assert plan.runs == {}
-    assert len(plan.branches) == 5
+    assert len(plan.branches) == 3
     branch = plan.branches["study_task195_task1310-inclora-s0"]
     assert branch.parent == "study_task195_task1310-inclora-original-s0"
     assert branch.cell(3) == "study_task195_task1310-inclora-fixed_3-s0"

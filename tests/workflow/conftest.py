@@ -22,11 +22,19 @@ from tests.helpers.workflow import (
 @pytest.fixture(scope="session")
 def studied(tiny_model_dir, tmp_path_factory) -> Path:
     """Two runs (original, sapo) and a prompt-impact study of the tiny sequence's two tasks in
-    one results/ folder, then the report: every figure the workflow makes."""
+    one results/ folder, every state evaluated by generation and by likelihood (the study's
+    outcome the gold log-likelihood), then the report: every figure the workflow makes."""
     work = tmp_path_factory.mktemp("studied")
     config = tiny_config(tiny_model_dir)
     config["runs"]["prompt_strategies"] = ["original", "sapo"]
-    config["study"] = {"pairs": [SEQUENCE], "unseen": UNSEEN, "instances": 4, "bootstrap": 200}
+    config["evaluation"] = {"outcomes": ["generation", "likelihood"]}
+    config["study"] = {
+        "pairs": [SEQUENCE],
+        "unseen": UNSEEN,
+        "instances": 4,
+        "bootstrap": 200,
+        "metric": "gold_logprob",
+    }
     cfg = write_config(work / "config.yaml", config)
     snakemake(work, "--configfile", str(cfg))
     snakemake(work, "--configfile", str(cfg), "--report", str(work / "report.html"))

@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 
+from promptcl.metrics import METRICS
 from tests.helpers import REPO
 
 pytestmark = pytest.mark.browser
@@ -20,8 +21,9 @@ ARTIFACTS = REPO / "test-artifacts"
 PAGES = {
     "Runs": [(run, None, 3) for run in RUNS],  # matrix, forgetting, loss
     "SAPO choices": [("tiny-inclora-sapo-s0", "1", 1), ("tiny-inclora-sapo-s0", "2", 1)],
-    # one per metric, and the paired differences from the baseline (label accuracy, ROUGE-L)
-    "Runs compared": [(None, None, 5)],
+    # one per metric (3 of generation, 2 of likelihood), and the paired differences from the
+    # baseline (label accuracy, ROUGE-L, gold log-likelihood, rank accuracy)
+    "Runs compared": [(None, None, 9)],
     "Prompt-impact study": [(None, None, 4)],  # the four analyses
 }
 
@@ -42,10 +44,11 @@ def test_every_figure_is_in_the_report(studied):
         f"results/{run}/figures/{f}.png" for run in RUNS for f in ("matrix", "forgetting", "loss")
     ]
     figures += [f"results/tiny-inclora-sapo-s0/stage_{k}/candidate_losses.png" for k in (1, 2)]
+    figures += [f"results/figures/runs_{m}.png" for m in METRICS]
     figures += [
-        f"results/figures/runs_{m}.png" for m in ("rougeL", "label_accuracy", "exact_match")
+        f"results/figures/baseline_{m}.png"
+        for m in ("label_accuracy", "rougeL", "gold_logprob", "rank_accuracy")
     ]
-    figures += [f"results/figures/baseline_{m}.png" for m in ("label_accuracy", "rougeL")]
     figures += [
         f"results/study/figures/{a}.png"
         for a in ("spread", "outcome_correlations", "predictors", "gradient_cosines")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -51,11 +52,18 @@ def test_measurements_outcomes_and_analyses(study):
     # an outcome is the cell's own R after stage 2
     cell = f"study_{T1}_{T2}-inclora-fixed_{ids[1]}-s0"
     matrix = pd.read_parquet(study / f"results/{cell}/metrics/accuracy_matrix.parquet")
-    want = matrix.query(
-        f"protocol == 'original_prompt' and stage == 2 and task == '{T1}' and metric == 'rougeL'"
-    )["score"].iloc[0]
-    got = outcomes.query(f"candidate_id == {ids[1]} and role == 'T1' and metric == 'rougeL'")
-    assert got["score"].iloc[0] == pytest.approx(want)
+    for metric in ("rougeL", "gold_logprob"):  # generation and likelihood outcomes alike
+        want = matrix.query(
+            f"protocol == 'original_prompt' and stage == 2 and task == '{T1}' "
+            f"and metric == '{metric}'"
+        )["score"].iloc[0]
+        got = outcomes.query(f"candidate_id == {ids[1]} and role == 'T1' and metric == '{metric}'")
+        assert got["score"].iloc[0] == pytest.approx(want)
+    # the study's metric is the gold log-likelihood: its zero-shot measurement is -loss
+    assert np.allclose(measures["zero_shot_score"], -measures["loss_instance_mean"], atol=1e-4)
+    predictors = pd.read_parquet(study / "results/study/predictors.parquet")
+    mean = predictors.query("scope == 'mean' and kind == 'spearman'")
+    assert (mean["n"] == len(ids)).all() and (mean["branches"] == 1).all()
     for analysis in ("spread", "outcome_correlations", "predictors", "gradient_cosines"):
         table = pd.read_parquet(study / f"results/study/{analysis}.parquet")
         assert len(table), analysis

@@ -31,6 +31,7 @@ SCORE_COLUMNS = [
     "mean_token_loss",
     "tokens",
     "instances",
+    "answer_accuracy",
 ]
 
 
@@ -158,7 +159,8 @@ def score_candidates(
     stats: ScoringStats | None = None,
     reference_batch_size: int = 8,
 ) -> pd.DataFrame:
-    """One row per candidate: its mean answer-token loss three ways (lower = better).
+    """One row per candidate: its mean answer-token loss three ways (lower = better), and the %
+    of answer tokens that are the argmax under teacher forcing (``answer_accuracy``).
 
     ``mean_batch_loss`` groups the instances (in table order) into consecutive blocks of
     ``reference_batch_size``, takes each block's token-weighted mean and averages those over
@@ -166,12 +168,13 @@ def score_candidates(
     None of the three depends on ``batch_size``, which only sizes the forward passes.
     """
     pairs = encode_pairs(tokenizer, fmt, table, candidates)
-    losses = sequence_losses(model, tokenizer.pad_token_id, pairs, batch_size, precision, stats)
+    found = sequence_stats(model, tokenizer.pad_token_id, pairs, batch_size, precision, stats)
     frame = pd.DataFrame(
         {
             "candidate_id": [p[0] for p in pairs],
-            "loss_sum": [loss for loss, _ in losses],
-            "tokens": [n for _, n in losses],
+            "loss_sum": [s.loss_sum for s in found],
+            "tokens": [s.tokens for s in found],
+            "correct": [s.correct for s in found],
         }
     )
     frame["instance"] = [p[1] for p in pairs]
@@ -190,6 +193,7 @@ def score_candidates(
             "mean_token_loss": grouped["loss_sum"].sum() / grouped["tokens"].sum(),
             "tokens": grouped["tokens"].sum(),
             "instances": grouped.size(),
+            "answer_accuracy": 100.0 * grouped["correct"].sum() / grouped["tokens"].sum(),
         }
     ).reset_index()
     return out[SCORE_COLUMNS]

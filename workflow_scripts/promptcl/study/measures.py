@@ -32,7 +32,6 @@ from ..scoring import (
     encode_pairs,
     rank_columns,
     score_candidates,
-    sequence_stats,
     token_losses,
 )
 
@@ -234,7 +233,6 @@ def measure_candidates(
     rows, grad_rows = [], []
     for cid, text in candidates:
         pairs = encode_pairs(tokenizer, fmt, t2_table, [(cid, text)])
-        stats = sequence_stats(model, pad, pairs, spec.batch_size, precision)
         grad = loss_gradient(model, pad, pairs, weights, spec.batch_size, precision)
         row = {
             "candidate_id": cid,
@@ -243,9 +241,7 @@ def measure_candidates(
             "loss_instance_mean": float(losses.loc[cid, "mean_instance_loss"]),
             "loss_token_mean": float(losses.loc[cid, "mean_token_loss"]),
             "instruction_perplexity": instruction_perplexity(model, tokenizer, text, precision),
-            "answer_accuracy": 100.0
-            * sum(s.correct for s in stats)
-            / max(sum(s.tokens for s in stats), 1),
+            "answer_accuracy": float(losses.loc[cid, "answer_accuracy"]),
             "zero_shot_score": zero_shot_score(
                 model, tokenizer, fmt, t2_table, text, spec.metric, generation, precision, task
             ),
