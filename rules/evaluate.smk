@@ -24,11 +24,28 @@ rule evaluate_base:
         "../workflow_scripts/predict.py"
 
 
+rule combine_adapters:
+    """The state after stage k as one LoRA (the stacked LoRAs of IncLoRA, O-LoRA, LwF concatenated
+    along the rank, each stage's scaling folded in): what the vllm engine serves."""
+    input:
+        PLAN.state_after,
+    output:
+        directory(paths.COMBINED),
+    log:
+        paths.log(paths.JOB_COMBINE),
+    localrule: True
+    conda:
+        "../environment.yml"
+    script:
+        "../workflow_scripts/combine_adapters.py"
+
+
 rule predict_stage:
-    """Predictions on every evaluation task of a run after stage k (one model load)."""
+    """Predictions on every evaluation task of a run after stage k (one model load, or with
+    generation.engine vllm one engine for all of the job's prompts)."""
     input:
         model=paths.MODEL_DIR,
-        adapters=PLAN.state_after,
+        adapters=PLAN.generation_state,
         trained=PLAN.stage_records,
         tables=PLAN.run_test_tables,
         candidates=PLAN.heldout_pools_of_run,

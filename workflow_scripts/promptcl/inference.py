@@ -16,6 +16,8 @@ from .batching import last_positions, left_pad, length_batches, positions
 from .prompting import PromptFormat, encode_rows, stop_token_ids, strip_reasoning
 
 DECODERS = ("loop", "hf")
+#: hf = this process's model (the decoders above); vllm = one vLLM engine per prediction job
+ENGINES = ("hf", "vllm")
 
 
 @dataclass(frozen=True)
@@ -27,13 +29,18 @@ class GenerationSpec:
     max_new_tokens_per_task: tuple[tuple[str, int], ...] = ()
     decoder: str = "loop"
     share_prefix: bool = True
+    engine: str = "hf"
 
     @classmethod
     def from_config(cls, cfg: dict) -> GenerationSpec:
         decoder = cfg.get("decoder", "loop")
         if decoder not in DECODERS:
             raise ValueError(f"generation.decoder: expected one of {DECODERS}, got '{decoder}'")
+        engine = cfg.get("engine", "hf")
+        if engine not in ENGINES:
+            raise ValueError(f"generation.engine: expected one of {ENGINES}, got '{engine}'")
         return cls(
+            engine=engine,
             decoder=decoder,
             share_prefix=bool(cfg.get("share_prefix", True)),
             max_new_tokens=int(cfg.get("max_new_tokens", 32)),
@@ -109,16 +116,23 @@ def generate(
                 new = out[:, width:]
         new = new.cpu()
         for row, i in enumerate(idx):
-            toks = new[row].tolist()
-            cut = next((p for p, t in enumerate(toks) if t in stops), len(toks))
-            outputs[i] = tokenizer.decode(toks[:cut], skip_special_tokens=True).strip()
+            outputs[i], used = decode_answer(tokenizer, new[row].tolist(), stops)
             if stats is not None:
-                stats.generated_tokens += cut + (1 if cut < len(toks) else 0)
+                stats.generated_tokens += used
         if stats is not None:
             stats.prompt_tokens += int(mask.sum())
     if stats is not None:
         stats.seconds += time.perf_counter() - started
     return outputs
+
+
+def decode_answer(tokenizer, tokens: Sequence[int], stops: Sequence[int]) -> tuple[str, int]:
+    """(the answer text: the tokens before the first stop token, special tokens dropped, stripped;
+    the tokens generated, the stop token included). Every engine's output is cut here, so the
+    engines share their stop conditions."""
+    cut = next((p for p, t in enumerate(tokens) if t in stops), len(tokens))
+    text = tokenizer.decode(list(tokens[:cut]), skip_special_tokens=True).strip()
+    return text, cut + (1 if cut < len(tokens) else 0)
 
 
 #: fewest shared leading tokens worth a separate forward pass of the prefix
@@ -312,6 +326,60 @@ def reserved_cache(model, extra: int) -> DynamicCache:
     return cache
 
 
+@dataclass
+class Requests:
+    """The prompts of one (task, evaluation prompt): token ids as the project encodes them."""
+
+    task: str
+    prompt_id: str
+    table: pd.DataFrame
+    prompts: list[list[int]]
+    truncated: list[bool]
+    max_new_tokens: int
+    stops: list[int]
+
+
+def encode_requests(
+    tokenizer,
+    table: pd.DataFrame,
+    fmt: PromptFormat,
+    gen: GenerationSpec,
+    task: str,
+    prompt_id: str = "original",
+    instruction: str | None = None,
+) -> Requests:
+    """The generation prompts of one task table under one instruction (None: the task's own)."""
+    instructions = None if instruction is None else [instruction] * len(table)
+    encoded = encode_rows(tokenizer, fmt, table, instructions, with_answer=False)
+    return Requests(
+        task=task,
+        prompt_id=prompt_id,
+        table=table,
+        prompts=[enc.input_ids for enc in encoded],
+        truncated=[enc.truncated for enc in encoded],
+        max_new_tokens=gen.new_tokens_for(task),
+        stops=stop_token_ids(tokenizer, fmt),
+    )
+
+
+def prediction_frame(requests: Requests, raw: Sequence[str]) -> pd.DataFrame:
+    """The prediction table of one (task, prompt): ``raw_prediction`` is the decoded text;
+    ``prediction`` (what is scored) has reasoning blocks such as ``<think>…</think>`` removed."""
+    table = requests.table
+    return pd.DataFrame(
+        {
+            "id": table["id"].to_numpy(),
+            "prompt_id": requests.prompt_id,
+            "prediction": [strip_reasoning(text) for text in raw],
+            "raw_prediction": list(raw),
+            "references": table["references"].to_numpy(),
+            "labels": table["labels"].to_numpy(),
+            "prompt_tokens": [len(p) for p in requests.prompts],
+            "input_truncated": requests.truncated,
+        }
+    )
+
+
 def predict_table(
     model,
     tokenizer,
@@ -324,39 +392,23 @@ def predict_table(
     prompt_id: str = "original",
     instruction: str | None = None,
 ) -> pd.DataFrame:
-    """Predictions for one task table (columns of :data:`promptcl.tasks.TABLE_COLUMNS`).
+    """Predictions for one task table (columns of :data:`promptcl.tasks.TABLE_COLUMNS`) with the
+    ``hf`` engine: this process's model, one forward loop per batch.
 
     ``instruction`` overrides the task's own (e.g. a held-out paraphrase); ``prompt_id`` names it.
-    ``raw_prediction`` is the decoded text; ``prediction`` (what is scored) has reasoning blocks
-    such as ``<think>…</think>`` removed.
     """
-    new_tokens = gen.new_tokens_for(task)
-    instructions = None if instruction is None else [instruction] * len(table)
-    encoded = encode_rows(tokenizer, fmt, table, instructions, with_answer=False)
-    prompts = [enc.input_ids for enc in encoded]
-    truncated = [enc.truncated for enc in encoded]
+    requests = encode_requests(tokenizer, table, fmt, gen, task, prompt_id, instruction)
     raw = generate(
         model,
         tokenizer,
-        prompts,
-        new_tokens,
+        requests.prompts,
+        requests.max_new_tokens,
         gen.batch_size,
         precision,
         stats,
         desc=task,
-        stops=stop_token_ids(tokenizer, fmt),
+        stops=requests.stops,
         decoder=gen.decoder,
         share_prefix=gen.share_prefix,
     )
-    return pd.DataFrame(
-        {
-            "id": table["id"].to_numpy(),
-            "prompt_id": prompt_id,
-            "prediction": [strip_reasoning(text) for text in raw],
-            "raw_prediction": raw,
-            "references": table["references"].to_numpy(),
-            "labels": table["labels"].to_numpy(),
-            "prompt_tokens": [len(p) for p in prompts],
-            "input_truncated": truncated,
-        }
-    )
+    return prediction_frame(requests, raw)

@@ -31,6 +31,7 @@ STAGE_RECORD = "promptcl_stage.json"  # inside the adapter folder: what the stag
 TRAIN_LOG = f"{STAGE}/train_log.parquet"
 STATE = f"{STAGE}/state"  # undeclared: Snakemake deletes declared outputs of a restarted job
 PREDICTIONS = f"{STAGE}/predictions"
+COMBINED = f"{STAGE}/combined_adapter"  # generation.engine vllm: the stacked LoRAs as one
 LIKELIHOOD = f"{STAGE}/likelihood"  # <task>.parquet: gold log-likelihood, rank classification
 
 MATRIX = f"{RESULTS}/{{run}}/metrics/accuracy_matrix.parquet"
@@ -87,6 +88,7 @@ JOB_ZERO_SHOT_LIKELIHOOD = "zero_shot/likelihood/{task}"
 JOB_TRAIN = "{run}/stage_{stage}/train"
 JOB_PREDICT = "{run}/stage_{stage}/predictions"
 JOB_LIKELIHOOD = "{run}/stage_{stage}/likelihood"
+JOB_COMBINE = "{run}/stage_{stage}/combine"
 JOB_AGGREGATE = "{run}/metrics/aggregate"
 JOB_SUMMARIZE = "summarize"
 JOB_COMPARE = "compare_runs"

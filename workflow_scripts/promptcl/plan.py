@@ -294,6 +294,19 @@ class WorkflowPlan:
         run = self.run(wildcards)
         return self.adapters(run.name, method_of(run.method).state_after(int(wildcards.stage)))
 
+    @property
+    def engine(self) -> str:
+        return self.config["generation"]["engine"]
+
+    def generation_state(self, wildcards) -> list[str]:
+        """The adapters predict_stage generates with: the state after stage k, or for the vllm
+        engine (one LoRA per request) stacked LoRAs combined into one, an artifact of the stage."""
+        adapters = self.state_after(wildcards)
+        if self.engine != "vllm" or len(adapters) < 2:
+            return adapters
+        run, k = self.run(wildcards), int(wildcards.stage)
+        return [paths.fill(paths.COMBINED, run=self.owner(run.name, k), stage=k)]
+
     def stage_records(self, wildcards) -> list[str]:
         """The adapters of the trained stages up to k: their stage records say which prompt
         each task trained with (predictions after stage k evaluate the seen tasks with it too)."""

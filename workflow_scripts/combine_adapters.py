@@ -1,0 +1,18 @@
+"""Rule combine_adapters: the state after a stage (its stacked LoRAs) as one standard LoRA."""
+
+import json
+from pathlib import Path
+
+from promptcl.combine import combine_loras
+from promptcl.runtime import input_list, job_logging
+
+
+def main(snakemake) -> None:
+    with job_logging(snakemake.log[0]) as log:
+        adapters = [Path(p) for p in input_list(snakemake.input)]
+        summary = combine_loras(adapters, Path(snakemake.output[0]))
+        log.info("%d LoRAs combined into one: %s", len(adapters), json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821
