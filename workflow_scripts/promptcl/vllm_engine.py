@@ -42,7 +42,7 @@ class VllmSpec:
     max_model_len: int | None = None
     max_num_seqs: int | None = None
     enforce_eager: bool = False
-    cpu_kvcache_gb: float = 4.0
+    cpu_kvcache_gb: int = 4
 
     @classmethod
     def from_config(cls, cfg: dict, workflow_dir: Path | None = None) -> VllmSpec:
@@ -56,7 +56,7 @@ class VllmSpec:
             max_model_len=cfg.get("max_model_len"),
             max_num_seqs=cfg.get("max_num_seqs"),
             enforce_eager=bool(cfg.get("enforce_eager", False)),
-            cpu_kvcache_gb=float(cfg.get("cpu_kvcache_gb", 4.0)),
+            cpu_kvcache_gb=int(cfg.get("cpu_kvcache_gb", 4)),
         )
 
 
@@ -160,7 +160,7 @@ def generate(
 def _run_worker(python: Path, payload: dict, threads: int, spec: VllmSpec) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(LIBRARY), env.get("PYTHONPATH", "")]).rstrip(":")
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(spec.cpu_kvcache_gb))
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(spec.cpu_kvcache_gb)))  # vLLM wants whole GB
     env.setdefault("OMP_NUM_THREADS", str(threads))
     with tempfile.TemporaryDirectory(prefix="promptcl-vllm-") as tmp:
         request, response = Path(tmp) / "request.json", Path(tmp) / "response.json"
