@@ -79,8 +79,10 @@ def test_the_power_table_pairs_items_and_seeds():
         }
     )
     table = power_table({"b0": base, "o0": other}, summary, "b0", ["t1", "t2"])
-    row = table.iloc[0]
-    assert row["run"] == "o0" and row["metric"] == "rougeL"
-    assert row["seed_sd"] == pytest.approx(np.std([1.0, 5.0], ddof=1))
-    assert row["items_for_2"] == items_needed(row["paired_item_sd"], 2, 2.0)
-    assert row["seeds_for_5"] == seeds_needed(row["seed_sd"], 5.0)
+    assert list(table["delta"]) == [2.0, 5.0]  # points, for a 0-100 metric
+    two, five = table.iloc[0], table.iloc[1]
+    assert two["run"] == "o0" and two["metric"] == "rougeL"
+    assert two["seed_sd"] == pytest.approx(np.std([1.0, 5.0], ddof=1))
+    assert two["items_per_task"] == items_needed(two["paired_item_sd"], 2, 2.0)
+    assert five["seeds"] == seeds_needed(five["seed_sd"], 5.0)
+    assert two["items_per_task"] > five["items_per_task"]

@@ -68,3 +68,15 @@ def test_the_engine_is_a_config_choice():
     spec = VllmSpec.from_config({"python": "envs/v/bin/python"}, Path("/w"))
     assert spec.python == "/w/envs/v/bin/python"
     assert json.loads(json.dumps(spec.__dict__))["gpu_memory_utilization"] == 0.9
+
+
+def test_a_worker_killed_before_it_reports_names_the_memory_settings(tmp_path, tiny_tokenizer):
+    """An engine killed by the kernel (out of memory) writes no response: the job says what
+    to lower."""
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nkill -9 $$\n")
+    fake.chmod(0o755)
+    with pytest.raises(EngineError, match=r"code -9 .*killed for memory.*max_num_seqs"):
+        generate(
+            VllmSpec(python=str(fake)), tmp_path, None, "fp32", [requests([[1]])], tiny_tokenizer
+        )

@@ -78,10 +78,11 @@ def power_table(
     tasks: Sequence[str],
     protocol: str = "original_prompt",
 ) -> pd.DataFrame:
-    """Per metric and each run against ``baseline`` (runs of one sequence: their instance
-    scores and summaries): the per-item SDs, then the items per task (paired within a seed)
-    and the seeds (paired across seeds, from the summaries) that resolve each AP difference of
-    :data:`DELTAS`. ``tasks`` are the sequence's tasks (AP averages over them)."""
+    """Per metric, each run against ``baseline`` (runs of one sequence: their instance scores
+    and summaries) and each AP difference ``delta`` of :data:`DELTAS` (in the metric's unit):
+    the per-item SDs, the items per task (paired within a seed) and the seeds (paired across
+    seeds, from the summaries) that resolve it. ``tasks`` are the sequence's tasks (AP averages
+    over them)."""
     T = len(tasks)
     rows = []
     base = instances[baseline][instances[baseline]["protocol"] == protocol]
@@ -95,6 +96,7 @@ def power_table(
             part = scores[(scores["protocol"] == protocol) & scores["task"].isin(tasks)]
             row = {
                 "metric": metric,
+                "unit": REGISTRY[metric].unit,
                 "run": run,
                 "baseline": baseline,
                 "item_sd": item_sd(base, metric, final),
@@ -102,9 +104,14 @@ def power_table(
                 "seed_sd": _seed_sd(summary, run, baseline, metric, protocol),
             }
             for delta in DELTAS[bounded]:
-                row[f"items_for_{delta:g}"] = items_needed(row["paired_item_sd"], T, delta)
-                row[f"seeds_for_{delta:g}"] = seeds_needed(row["seed_sd"], delta)
-            rows.append(row)
+                rows.append(
+                    {
+                        **row,
+                        "delta": delta,
+                        "items_per_task": items_needed(row["paired_item_sd"], T, delta),
+                        "seeds": seeds_needed(row["seed_sd"], delta),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -156,8 +163,8 @@ def report(results: Path) -> str:
         "Per-item SD of each metric after the last stage (item_sd: one run's scores; "
         "paired_item_sd: the difference from the baseline on the same items), the SD over "
         "seeds of the AP difference (seed_sd, NaN with one seed), and the test items per task "
-        "and seeds that resolve each AP difference (points; nats per token for gold_logprob) "
-        f"at 80% power, two-sided alpha {ALPHA} (one comparison):\n{body}\n"
+        "and the seeds that resolve an AP difference of delta (in the metric's unit) at 80% "
+        f"power, two-sided alpha {ALPHA} (one comparison):\n{body}\n"
     )
 
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import pandas as pd
 
 from .aggregate import PROTOCOLS, matrix
-from .metrics import CONTINUAL_METRICS
+from .metrics import CONTINUAL_METRICS, REGISTRY
 from .metrics import metric as spec_of
 
 
@@ -26,7 +26,10 @@ def format_summary(summary: pd.DataFrame, run: str) -> str:
     counts as noise."""
     columns = [*CONTINUAL_METRICS, "unseen_mean"]
     T = int(summary["T"].iloc[0]) if len(summary) else 0
-    lines = [f"Run: {run} (T = {T} tasks; scores on a 0-100 scale)"]
+    metrics = dict.fromkeys(summary["metric"]) if "metric" in summary else {}
+    unbounded = [m for m in metrics if not spec_of(m).bounded]
+    scale = "scores on a 0-100 scale" + "".join(f", {m} in {spec_of(m).unit}" for m in unbounded)
+    lines = [f"Run: {run} (T = {T} tasks; {scale})"]
     groups = summary.groupby("protocol", sort=False) if "protocol" in summary else [(None, summary)]
     for protocol, part in groups:
         if protocol is not None:
@@ -71,8 +74,8 @@ def format_matrix(cells: pd.DataFrame, metric: str) -> str:
 SHOWN = ("AP", "BWT", "FWT", "plasticity", "ACC", "unseen_mean")
 
 
-def _interval(low: float, high: float) -> str:
-    return "n/a" if pd.isna(low) or pd.isna(high) else f"[{low:+.2f}, {high:+.2f}]"
+def _interval(low: float, high: float, digits: int = 2) -> str:
+    return "n/a" if pd.isna(low) or pd.isna(high) else f"[{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
 def format_seeds(seeds: pd.DataFrame, metric: str) -> str:
@@ -100,8 +103,10 @@ def readable_verdict(row: Mapping | pd.Series) -> str:
     difference". The stored ``verdict`` values stay as they are (code filters on them)."""
     verdict = str(row.get("verdict", "n/a"))
     mde = row.get("mde", float("nan"))
+    metric = row.get("metric")
+    digits = spec_of(metric).decimals if metric in REGISTRY else 1
     if verdict == "within noise" and mde is not None and math.isfinite(float(mde)):
-        return f"within noise (could detect ≥ {float(mde):.1f})"
+        return f"within noise (could detect ≥ {float(mde):.{digits}f})"
     return verdict
 
 
@@ -113,9 +118,11 @@ def format_comparisons(comparisons: pd.DataFrame, metric: str) -> str:
     if part.empty:
         return ""
     base = part["baseline"].iloc[0]
+    digits = spec_of(metric).decimals
     lines = [
         f"Against {base} ({metric}), paired; Holm-corrected per protocol and metric",
-        "(could detect ≥ X: a true difference of X points is called with 80% power):",
+        f"(could detect ≥ X: a true difference of X, in {spec_of(metric).unit}, is called with "
+        "80% power):",
     ]
     for key, group in part.groupby(["sequence", "method", "strategy", "protocol"], sort=False):
         lines.append(f"  {'/'.join(map(str, key))} ({group['basis'].iloc[0]}):")
@@ -123,8 +130,8 @@ def format_comparisons(comparisons: pd.DataFrame, metric: str) -> str:
             if pd.isna(row["diff"]):
                 continue
             lines.append(
-                f"    {row['measure']:<12} {row['diff']:+7.2f} "
-                f"{_interval(row['ci_low'], row['ci_high']):>18}  p_holm "
+                f"    {row['measure']:<12} {row['diff']:+7.{max(digits, 2)}f} "
+                f"{_interval(row['ci_low'], row['ci_high'], max(digits, 2)):>18}  p_holm "
                 f"{row['p_holm']:.3f}  {readable_verdict(row)}"
             )
     return "\n".join(lines) + "\n"
