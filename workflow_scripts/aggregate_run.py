@@ -1,7 +1,6 @@
 """Rule aggregate_run: accuracy matrix and continual-learning summary of one run."""
 
-from pathlib import Path
-
+from promptcl.integrity import verify_inputs, write_parquet, write_text
 from promptcl.run_metrics import aggregate_run, read_evaluations, read_stage_records
 from promptcl.runtime import input_list, job_logging
 
@@ -10,6 +9,7 @@ def main(snakemake) -> None:
     layout = snakemake.params.layout
     inputs = snakemake.input
     with job_logging(snakemake.log[0]) as log:
+        verify_inputs(inputs)
         generation = likelihood = None
         if "zero_shot" in inputs.keys():
             generation = read_evaluations(
@@ -23,10 +23,10 @@ def main(snakemake) -> None:
             )
         records = read_stage_records(input_list(inputs.adapters))
         result = aggregate_run(snakemake.wildcards.run, layout, generation, likelihood, records)
-        result.cells.to_parquet(snakemake.output.matrix, index=False)
-        result.instances.to_parquet(snakemake.output.instances, index=False)
-        result.summary.to_parquet(snakemake.output.summary, index=False)
-        Path(snakemake.output.text).write_text(result.text)
+        write_parquet(result.cells, snakemake.output.matrix)
+        write_parquet(result.instances, snakemake.output.instances)
+        write_parquet(result.summary, snakemake.output.summary)
+        write_text(snakemake.output.text, result.text)
         log.info("\n%s", result.text)
 
 

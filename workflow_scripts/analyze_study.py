@@ -10,6 +10,7 @@ from promptcl.figures.study import (
     predictor_bars,
     spread_figure,
 )
+from promptcl.integrity import verify_inputs, write_parquet
 from promptcl.runtime import input_list, job_logging
 from promptcl.study.analysis import (
     gradient_groups,
@@ -45,6 +46,7 @@ FIGURES = {
 def main(snakemake) -> None:
     params = snakemake.params
     with job_logging(snakemake.log[0]) as log:
+        verify_inputs(snakemake.input)
         read = {
             name: pd.concat(
                 [pd.read_parquet(p) for p in input_list(snakemake.input[name])], ignore_index=True
@@ -55,7 +57,7 @@ def main(snakemake) -> None:
             read["outcomes"], read["measures"], read["gradients"], params.metric, params.bootstrap
         )
         for name, table in tables.items():
-            table.to_parquet(snakemake.output[f"{name}_table"], index=False)
+            write_parquet(table, snakemake.output[f"{name}_table"])
             FIGURES[name](table, Path(snakemake.output[f"{name}_figure"]))
         best = tables["predictors"].query("scope == 'mean' and kind == 'spearman'")
         log.info("\n%s", best[["label", "r", "ci_low", "ci_high", "n"]].round(3).to_string())

@@ -4,11 +4,13 @@ import json
 from pathlib import Path
 
 from promptcl.combine import combine_loras
+from promptcl.integrity import verify_inputs
 from promptcl.runtime import input_list, job_logging
 
 
 def main(snakemake) -> None:
     with job_logging(snakemake.log[0]) as log:
+        verify_inputs(snakemake.input)
         adapters = [Path(p) for p in input_list(snakemake.input)]
         summary = combine_loras(adapters, Path(snakemake.output[0]))
         log.info("%d LoRAs combined into one: %s", len(adapters), json.dumps(summary))

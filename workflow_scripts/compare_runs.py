@@ -3,6 +3,7 @@
 import pandas as pd
 
 from promptcl.compare import compare_instances, compare_seeds, seed_table
+from promptcl.integrity import verify_inputs, write_parquet
 from promptcl.runtime import input_list, job_logging
 
 
@@ -10,6 +11,7 @@ def main(snakemake) -> None:
     params = snakemake.params
     options = params.comparison
     with job_logging(snakemake.log[0]) as log:
+        verify_inputs(snakemake.input)
         summary = pd.concat(
             [pd.read_parquet(p) for p in input_list(snakemake.input.tables)], ignore_index=True
         )
@@ -18,7 +20,7 @@ def main(snakemake) -> None:
             run: pd.read_parquet(path)
             for run, path in zip(runs, input_list(snakemake.input.instances), strict=True)
         }
-        seed_table(summary, options["level"]).to_parquet(snakemake.output.seeds, index=False)
+        write_parquet(seed_table(summary, options["level"]), snakemake.output.seeds)
         by_seed = compare_instances(
             instances,
             dict(params.layouts),
@@ -27,14 +29,14 @@ def main(snakemake) -> None:
             options["level"],
             options["metrics"],
         )
-        by_seed.to_parquet(snakemake.output.by_seed, index=False)
+        write_parquet(by_seed, snakemake.output.by_seed)
         across = compare_seeds(
             summary[summary["metric"].isin(options["metrics"])],
             options["baseline"],
             options["level"],
             by_seed,
         )
-        across.to_parquet(snakemake.output.comparisons, index=False)
+        write_parquet(across, snakemake.output.comparisons)
         log.info(
             "%d configurations over seeds; %d comparisons with %s/%s (%d per seed)",
             summary.groupby(["sequence", "method", "strategy"]).ngroups,

@@ -7,15 +7,17 @@ into its output folder, loading the model once for all of them.
 """
 
 from promptcl.evaluation import evaluate_tasks, log_scores, trained_prompts
+from promptcl.integrity import verify_inputs
 from promptcl.likelihood import LikelihoodStats, likelihood_table
 from promptcl.metrics import metrics_of
 from promptcl.prompting import PromptFormat
-from promptcl.runtime import input_list, job_logging, load_job_state, task_output
+from promptcl.runtime import input_list, job_logging, load_job_state, task_outputs
 
 
 def main(snakemake) -> None:
     params = snakemake.params
-    with job_logging(snakemake.log[0], snakemake.threads) as log:
+    with job_logging(snakemake.log[0], snakemake.threads) as log, task_outputs(snakemake) as out:
+        verify_inputs(snakemake.input)
         model, tokenizer, precision = load_job_state(snakemake, merge=True)
         fmt = PromptFormat.from_config(params.prompt)
         stats = LikelihoodStats()
@@ -33,7 +35,7 @@ def main(snakemake) -> None:
             trained_prompts(input_list(snakemake.input.get("trained", []))),
             evaluate,
         ):
-            table.to_parquet(task_output(snakemake, task), index=False)
+            out(task, table)
             log_scores(log, task, table, metrics_of(["likelihood"]))
         log.info(
             "%d adapters, precision %s: %d sequences, %d tokens in %.1f s",

@@ -6,6 +6,7 @@ import pandas as pd
 
 from promptcl.candidates import text_of
 from promptcl.inference import GenerationSpec
+from promptcl.integrity import verify_inputs, write_parquet
 from promptcl.prompting import PromptFormat
 from promptcl.runtime import job_logging, load_job_state
 from promptcl.study.design import trained_candidates
@@ -15,6 +16,7 @@ from promptcl.study.measures import MeasureSpec, measure_candidates
 def main(snakemake) -> None:
     params = snakemake.params
     with job_logging(snakemake.log[0], snakemake.threads) as log:
+        verify_inputs(snakemake.input)
         model, tokenizer, precision = load_job_state(snakemake)
         branch = params.branch
         t1_candidates = pd.read_parquet(snakemake.input.t1_candidates)
@@ -36,8 +38,8 @@ def main(snakemake) -> None:
         name = snakemake.wildcards.branch
         measures.insert(0, "branch", name)
         gradients.insert(0, "branch", name)
-        measures.to_parquet(snakemake.output.measures, index=False)
-        gradients.to_parquet(snakemake.output.gradients, index=False)
+        write_parquet(measures, snakemake.output.measures)
+        write_parquet(gradients, snakemake.output.gradients)
         log.info("\n%s", measures.drop(columns=["text"]).round(4).to_string(index=False))
         log.info("%s", json.dumps({"candidates": len(measures), "rows": len(gradients)}))
 

@@ -5,11 +5,13 @@ from pathlib import Path
 import pandas as pd
 
 from promptcl.figures.runs import baseline_differences
+from promptcl.integrity import verify_inputs
 from promptcl.runtime import job_logging
 
 
 def main(snakemake) -> None:
     with job_logging(snakemake.log[0]) as log:
+        verify_inputs(snakemake.input)
         comparisons = pd.read_parquet(snakemake.input[0])
         metric = snakemake.wildcards.metric
         baseline_differences(comparisons, metric, Path(snakemake.output[0]))

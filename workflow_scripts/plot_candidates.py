@@ -7,12 +7,14 @@ import pandas as pd
 
 from promptcl import paths
 from promptcl.figures.runs import candidate_losses
+from promptcl.integrity import verify_inputs
 from promptcl.runtime import job_logging
 from promptcl.strategies import CRITERIA
 
 
 def main(snakemake) -> None:
     with job_logging(snakemake.log[0]) as log:
+        verify_inputs(snakemake.input)
         record = json.loads((Path(snakemake.input.adapter) / paths.STAGE_RECORD).read_text())
         chosen = int(record["prompt"]["candidate_id"])
         column = CRITERIA[snakemake.params.criterion]

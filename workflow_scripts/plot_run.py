@@ -5,6 +5,7 @@ from pathlib import Path
 import pandas as pd
 
 from promptcl.figures.runs import forgetting_curves, loss_curves, matrix_heatmaps
+from promptcl.integrity import verify_inputs
 from promptcl.metrics import METRICS
 from promptcl.runtime import input_list, job_logging
 
@@ -20,6 +21,7 @@ def plot_run(matrix: Path, train_logs: list[Path], run: str, outputs: dict[str, 
 
 def main(snakemake) -> None:
     with job_logging(snakemake.log[0]) as log:
+        verify_inputs(snakemake.input)
         outputs = {name: Path(snakemake.output[name]) for name in ("matrix", "forgetting", "loss")}
         plot_run(
             Path(snakemake.input.matrix),

@@ -5,11 +5,13 @@ from pathlib import Path
 import pandas as pd
 
 from promptcl.figures.runs import run_comparison
+from promptcl.integrity import verify_inputs
 from promptcl.runtime import job_logging
 
 
 def main(snakemake) -> None:
     with job_logging(snakemake.log[0]) as log:
+        verify_inputs(snakemake.input)
         summary = pd.read_parquet(snakemake.input.summary)
         seeds = pd.read_parquet(snakemake.input.seeds)
         metric = snakemake.wildcards.metric

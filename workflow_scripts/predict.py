@@ -8,14 +8,16 @@ loaded once) or by one vLLM engine for all of the job's prompts (``vllm``).
 
 from promptcl.evaluation import PredictJob, log_scores, predict_tasks, trained_prompts
 from promptcl.inference import GenerationSpec
+from promptcl.integrity import verify_inputs
 from promptcl.metrics import metrics_of, score_predictions
 from promptcl.prompting import PromptFormat
-from promptcl.runtime import input_list, job_logging, task_output
+from promptcl.runtime import input_list, job_logging, task_outputs
 
 
 def main(snakemake) -> None:
     params = snakemake.params
     with job_logging(snakemake.log[0], snakemake.threads) as log:
+        verify_inputs(snakemake.input)
         job = PredictJob(
             tasks=params.tasks,
             tables=input_list(snakemake.input.tables),
@@ -30,10 +32,11 @@ def main(snakemake) -> None:
             threads=snakemake.threads,
         )
         predictions = predict_tasks(job, log)
-        for task, preds in predictions.items():
-            scored = score_predictions(preds)
-            scored.to_parquet(task_output(snakemake, task), index=False)
-            log_scores(log, task, scored, metrics_of(["generation"]))
+        with task_outputs(snakemake) as out:
+            for task, preds in predictions.items():
+                scored = score_predictions(preds)
+                out(task, scored)
+                log_scores(log, task, scored, metrics_of(["generation"]))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Rule prepare_tasks: one normalised, capped parquet per split of a task."""
 
-import json
 from pathlib import Path
 
+from promptcl.integrity import write_json, write_parquet
 from promptcl.runs import task_sources
 from promptcl.runtime import job_logging
 from promptcl.task_tables import build_task_tables
@@ -17,9 +17,9 @@ def main(snakemake) -> None:
         files = resolve_task(snakemake.wildcards.task, sources)
         tables, meta = build_task_tables(files, snakemake.params.caps, snakemake.params.seed)
         for split, table in tables.items():
-            table.to_parquet(snakemake.output[split], index=False)
+            write_parquet(table, snakemake.output[split])
             log.info("%s/%s: %d rows", files.full_name, split, len(table))
-        Path(snakemake.output.meta).write_text(json.dumps(meta, indent=2) + "\n")
+        write_json(snakemake.output.meta, meta)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import json
 import pandas as pd
 
 from promptcl.candidates import training_texts
+from promptcl.integrity import verify_inputs, write_parquet
 from promptcl.prompting import PromptFormat
 from promptcl.runtime import input_list, job_logging, load_job_state
 from promptcl.scoring import ScoringStats, rank_columns, score_candidates
@@ -13,6 +14,7 @@ from promptcl.scoring import ScoringStats, rank_columns, score_candidates
 def main(snakemake) -> None:
     params = snakemake.params
     with job_logging(snakemake.log[0], snakemake.threads) as log:
+        verify_inputs(snakemake.input)
         model, tokenizer, precision = load_job_state(snakemake)
         adapters = input_list(snakemake.input.get("adapters", []))
         table = pd.read_parquet(snakemake.input.train).head(params.scoring["instances"])
@@ -32,7 +34,7 @@ def main(snakemake) -> None:
         scores = rank_columns(scores)
         scores["adapters"] = len(adapters)
         scores["seconds"] = round(stats.seconds, 4)
-        scores.to_parquet(snakemake.output[0], index=False)
+        write_parquet(scores, snakemake.output[0])
         log.info("\n%s", scores.to_string(index=False))
         log.info(
             "%s",

@@ -3,6 +3,7 @@ original prompt (from each cell run's accuracy matrix)."""
 
 import pandas as pd
 
+from promptcl.integrity import verify_inputs, write_parquet
 from promptcl.runtime import input_list, job_logging
 from promptcl.study.analysis import outcome_table
 from promptcl.study.design import trained_candidates
@@ -11,6 +12,7 @@ from promptcl.study.design import trained_candidates
 def main(snakemake) -> None:
     params = snakemake.params.branch
     with job_logging(snakemake.log[0]) as log:
+        verify_inputs(snakemake.input)
         table = pd.read_parquet(snakemake.input.candidates)
         ids = trained_candidates(table, params["max_candidates"])
         paths = input_list(snakemake.input.matrices)
@@ -20,7 +22,7 @@ def main(snakemake) -> None:
         table = outcome_table(
             snakemake.wildcards.branch, matrices, params["t1"], params["t2"], params["unseen"]
         )
-        table.to_parquet(snakemake.output[0], index=False)
+        write_parquet(table, snakemake.output[0])
         log.info("%d outcome rows for %d candidates", len(table), len(ids))
 
 

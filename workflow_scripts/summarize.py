@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from promptcl.integrity import verify_inputs, write_parquet, write_text
 from promptcl.runtime import input_list, job_logging
 from promptcl.summary_text import format_comparisons, format_seeds
 
@@ -36,9 +37,10 @@ COLUMNS = [
 
 def main(snakemake) -> None:
     with job_logging(snakemake.log[0]) as log:
+        verify_inputs(snakemake.input)
         summaries = [pd.read_parquet(p) for p in input_list(snakemake.input.tables)]
         table = pd.concat(summaries, ignore_index=True)
-        table.to_parquet(snakemake.output.table, index=False)
+        write_parquet(table, snakemake.output.table)
         texts = [Path(p).read_text() for p in input_list(snakemake.input.texts)]
         metrics = snakemake.params.metrics
         if len(summaries) > 1:
@@ -51,7 +53,7 @@ def main(snakemake) -> None:
         for metric in metrics:
             texts += [format_seeds(seeds, metric), format_comparisons(comparisons, metric)]
         texts = [t for t in texts if t]
-        Path(snakemake.output.text).write_text("\n\n".join(texts))
+        write_text(snakemake.output.text, "\n\n".join(texts))
         log.info("%d runs summarised", len(summaries))
 
 

@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from promptcl.integrity import verify_inputs
 from promptcl.job import JOB_FILE, StageJob, claim_state_dir
 from promptcl.launch import process_count, rank, run_forwarding_signals, torchrun_command
 from promptcl.recipe import run_stage
@@ -39,6 +40,7 @@ def run(job: StageJob, script: Path, log: logging.Logger) -> None:
 
 def main(snakemake) -> None:
     with job_logging(snakemake.log[0], snakemake.threads) as log:
+        verify_inputs(snakemake.input)
         run(StageJob.from_snakemake(snakemake), Path(snakemake.scriptdir) / "train_stage.py", log)
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m promptcl show PATH`` and ``python -m promptcl power [RESULTS]``."""
+"""Command line: ``python -m promptcl show PATH``, ``power [RESULTS]`` and ``verify [RESULTS]``."""
 
 import sys
 

@@ -7,10 +7,10 @@ finished state for evaluation is :func:`promptcl.modeling.load_state`.
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from pathlib import Path
 
+from .integrity import replace_dir, verify_dir
 from .modeling import adapter_name, attach_adapters
 from .specs import LoraSpec
 
@@ -34,6 +34,7 @@ def continued_lora(model, previous: Path, stage: int):
     """``model`` with the LoRA of ``previous`` loaded trainable, to continue as stage k's."""
     from peft import PeftModel
 
+    verify_dir(previous)
     name = adapter_name(stage)
     model = PeftModel.from_pretrained(model, str(previous), adapter_name=name, is_trainable=True)
     return train_only(model, name)
@@ -59,14 +60,21 @@ def save_adapter(
 ) -> None:
     """Write only the new stage's LoRA as a standard PEFT folder (``PeftModel.from_pretrained``).
 
-    ``state_dict``: weights gathered from DeepSpeed ZeRO-3 shards (the model's own are empty)."""
-    with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
+    Written under a temporary name beside ``out_dir`` and renamed into place, so a failed save
+    (a full disk) never leaves a half-written ``out_dir``. ``state_dict``: weights gathered from
+    DeepSpeed ZeRO-3 shards (the model's own are empty)."""
+    out_dir = Path(out_dir)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-") as tmp:
         model.save_pretrained(tmp, selected_adapters=[name], state_dict=state_dict)
         src = Path(tmp) / name if (Path(tmp) / name).is_dir() else Path(tmp)
         cfg_path = src / "adapter_config.json"
         cfg = json.loads(cfg_path.read_text())
         cfg["base_model_name_or_path"] = base_model_path
         cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        shutil.copytree(src, out_dir)
+        if src == Path(tmp):  # the temporary folder itself: move its content into a subfolder
+            src = Path(tmp) / "adapter"
+            src.mkdir()
+            for item in Path(tmp).iterdir():
+                if item != src:
+                    item.rename(src / item.name)
+        replace_dir(src, out_dir)

@@ -15,6 +15,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from .integrity import staged_dir
+
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
 #: LoRA variants whose update is not s·B·A: their stacks cannot be one plain LoRA
@@ -103,8 +105,8 @@ def combine_loras(adapters: Sequence[Path], out_dir: Path) -> dict:
         "target_modules": targets,
         "inference_mode": True,
     }
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(combined, str(out_dir / WEIGHTS))
-    (out_dir / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
+    # built under a temporary name, recorded by a manifest and renamed once complete
+    with staged_dir(out_dir) as folder:
+        save_file(combined, str(folder / WEIGHTS))
+        (folder / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
     return {"rank": rank, "ranks": ranks, "scalings": scalings, "modules": len(modules)}

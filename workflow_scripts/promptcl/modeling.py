@@ -12,7 +12,7 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +21,7 @@ import torch
 
 from .devices import torch_dtype
 from .hashing import file_fingerprint
+from .integrity import replace_dir, verify_dir
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +144,20 @@ def resolve_hub_snapshot(repo_id: str, revision: str | None) -> Path:
 
 
 def prepare_model(spec: ModelSpec, out_dir: Path) -> dict:
-    """Materialise the base model as an ordinary HF folder at ``out_dir``; return a manifest."""
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
+    """Materialise the base model as an ordinary HF folder at ``out_dir``; return a manifest.
+
+    Built under a temporary name and renamed once complete, so a conversion that fails (a full
+    disk) leaves no model folder behind."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-") as tmp:
+        staging = Path(tmp) / out_dir.name
+        manifest = _prepare_model(spec, staging)
+        replace_dir(staging, out_dir)
+    return manifest
+
+
+def _prepare_model(spec: ModelSpec, out_dir: Path) -> dict:
     if spec.source == "package":
         gguf = locate_package_gguf(spec.package_module, spec.gguf_file)
         convert_gguf(gguf, out_dir)
@@ -210,12 +222,16 @@ def attach_adapters(model, adapter_dirs: Sequence[Path], first_stage: int = 1):
     """Load earlier stages' adapters as named, frozen, simultaneously active LoRAs.
 
     Returns the base model unchanged when there are none. Each adapter keeps the scaling of its
-    own config; ``set_adapter`` with a list activates them all (their deltas add up).
+    own config; ``set_adapter`` with a list activates them all (their deltas add up). Each is
+    checked against its manifest first: a damaged file fails naming itself and its rerun, not
+    deep inside safetensors.
     """
     from peft import PeftModel
 
     if not adapter_dirs:
         return model
+    for path in adapter_dirs:
+        verify_dir(path)
     names = [adapter_name(first_stage + i) for i in range(len(adapter_dirs))]
     peft_model = PeftModel.from_pretrained(model, str(adapter_dirs[0]), adapter_name=names[0])
     for name, path in zip(names[1:], adapter_dirs[1:], strict=True):

@@ -20,6 +20,7 @@ from . import paths
 from .adapters import save_adapter
 from .batching import PadCollator
 from .data import MixedDataset, PromptedDataset
+from .integrity import staged_dir, write_parquet
 from .job import StageJob, StageSpec
 from .launch import is_main_process, preemption_guard, world_size
 from .modeling import adapter_name, load_tokenizer, use_attention
@@ -172,9 +173,22 @@ def _strategy_plan(spec: StageSpec, tokenizer, train: str, candidates, scores, s
 
 
 def save(spec: StageSpec, setup: Setup, result: StageResult) -> dict:
-    """The adapter folder with its stage record, the training log; the state folder removed."""
+    """The adapter folder with its stage record, the training log; the state folder removed.
+
+    The folder is built under a temporary name and renamed once its manifest is written
+    (:func:`promptcl.integrity.staged_dir`): a job killed or out of disk while saving leaves no
+    adapter folder that looks complete."""
     job = spec.job
-    out = Path(job.adapter_out)
+    with staged_dir(job.adapter_out, "train_stage") as out:
+        info = _save_stage(spec, setup, result, out)
+    write_parquet(result.log, job.train_log_out, "train_stage")
+    shutil.rmtree(spec.state_dir, ignore_errors=True)
+    log.info("done: %s", json.dumps({k: info[k] for k in ("steps", "train_loss", "train_seconds")}))
+    return info
+
+
+def _save_stage(spec: StageSpec, setup: Setup, result: StageResult, out: Path) -> dict:
+    job = spec.job
     model_dir = Path(job.model_dir)
     save_adapter(
         setup.model, adapter_name(spec.stage), out, str(model_dir.resolve()), result.state_dict
@@ -213,7 +227,4 @@ def save(spec: StageSpec, setup: Setup, result: StageResult) -> dict:
     if setup.scores is not None:
         info["scoring_seconds"] = float(setup.scores["seconds"].iloc[0])
     (out / paths.STAGE_RECORD).write_text(json.dumps(info, indent=2, default=str) + "\n")
-    result.log.to_parquet(job.train_log_out, index=False)
-    shutil.rmtree(spec.state_dir, ignore_errors=True)
-    log.info("done: %s", json.dumps({k: info[k] for k in ("steps", "train_loss", "train_seconds")}))
     return info

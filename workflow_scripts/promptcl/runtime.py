@@ -6,9 +6,13 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @contextmanager
@@ -74,3 +78,19 @@ def task_output(snakemake, task: str) -> Path:
         return out
     out.mkdir(parents=True, exist_ok=True)
     return out / f"{task}.parquet"
+
+
+@contextmanager
+def task_outputs(snakemake) -> Iterator[Callable[[str, pd.DataFrame], None]]:
+    """``write(task, table)`` for an evaluation job's tables: its single output file (stage 0,
+    one task per job), else ``<task>.parquet`` each in its output folder, which is built under
+    a temporary name and renamed with its manifest when the job's last table is written (a
+    job that fails half-way leaves no folder that looks complete)."""
+    from .integrity import staged_dir, write_parquet
+
+    out = Path(snakemake.output[0])
+    if out.suffix == ".parquet":
+        yield lambda task, table: write_parquet(table, out)
+        return
+    with staged_dir(out) as folder:
+        yield lambda task, table: table.to_parquet(folder / f"{task}.parquet", index=False)

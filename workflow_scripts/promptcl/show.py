@@ -1,5 +1,6 @@
 """``python -m promptcl show PATH``: any artifact of a run, readable without writing pandas
-(and ``python -m promptcl power [results]``: :mod:`promptcl.power`).
+(and ``python -m promptcl power [results]``: :mod:`promptcl.power`; ``python -m promptcl verify
+[results]``: :mod:`promptcl.verify`).
 
 - an accuracy matrix: R per protocol and metric as stage × task, "score±se", chance level beneath;
 - any other parquet: its shape, then the rows (long texts shortened, wide tables wrapped);
@@ -96,8 +97,18 @@ def main(argv: list[str] | None = None) -> int:
         "power", help="the per-item noise of each metric and the items/seeds a difference needs"
     )
     power.add_argument("results", type=Path, nargs="?", default=Path(paths.RESULTS))
+    verify = commands.add_parser(
+        "verify", help="check every artifact against its checksum record; name what to rerun"
+    )
+    verify.add_argument("results", type=Path, nargs="?", default=Path(paths.RESULTS))
     args = parser.parse_args(argv)
     try:
+        if args.command == "verify":
+            from .verify import report as verify_report
+
+            text, status = verify_report(args.results)
+            sys.stdout.write(text)
+            return status
         if args.command == "power":
             from .power import report
 

@@ -4,9 +4,8 @@ the cells come from the ``paraphrase_prompts`` checkpoint."""
 
 from __future__ import annotations
 
-import pandas as pd
-
 from .. import paths
+from ..integrity import read_parquet
 from ..methods import method_of
 from .design import Branch, trained_candidates
 
@@ -62,7 +61,7 @@ class StudyWiring:
     def trained_ids(self, branch: Branch, checkpoints) -> list[int]:
         """T2's valid, not held-out candidates (waits for its candidate table)."""
         table = checkpoints.paraphrase_prompts.get(task=branch.t2).output[0]
-        return trained_candidates(pd.read_parquet(table), self.config["max_candidates"])
+        return trained_candidates(read_parquet(table), self.config["max_candidates"])
 
     def cell_matrices(self, wildcards, checkpoints) -> list[str]:
         """The accuracy matrix of every trained candidate's run, in candidate order."""
