@@ -3,11 +3,10 @@
 import json
 from pathlib import Path
 
-import pandas as pd
-
 from promptcl.backends import backend_from_config
 from promptcl.candidates import hold_out, require_valid
 from promptcl.devices import resolve_precision
+from promptcl.integrity import verify_inputs, write_parquet
 from promptcl.paraphrase import (
     ReplyCache,
     Request,
@@ -20,15 +19,16 @@ from promptcl.paraphrase import (
 )
 from promptcl.pools import load_pool
 from promptcl.runtime import job_logging
+from promptcl.task_tables import prompt_parts
 
 
 def main(snakemake) -> None:
     cfg = snakemake.params.prompts
     task = snakemake.wildcards.task
     with job_logging(snakemake.log[0], snakemake.threads) as log:
-        table = pd.read_parquet(snakemake.input.table)
+        verify_inputs(snakemake.input)
         meta = json.loads(Path(snakemake.input.meta).read_text())
-        original, labels = table["instruction"].iloc[0], list(table["labels"].iloc[0])
+        original, labels = prompt_parts(meta, snakemake.input.meta)
         spec = ValidationSpec.from_config(cfg["validation"])
         if cfg["backend"] == "file":
             pool = load_pool(Path(snakemake.input.pool), key=[task, meta["full_name"]])
@@ -47,7 +47,7 @@ def main(snakemake) -> None:
                 model["chat_template_kwargs"],
             )
             delimiters = tuple(cfg["delimiters"])
-            template = load_request_template(Path(snakemake.input.template))
+            template = load_request_template(Path(snakemake.input.template), delimiters)
             text = build_request(template, original, labels, delimiters)
             requests = [Request(task, i, text, cfg["seed"]) for i in range(cfg["candidates"])]
             cache = ReplyCache(Path(snakemake.params.cache_dir))
@@ -63,7 +63,7 @@ def main(snakemake) -> None:
             state += ", held out for evaluation" if row.heldout else ""
             log.info("candidate %d [%s] %s", row.candidate_id, state, row.text[:120])
         require_valid(candidates, cfg["min_valid"], task)
-        candidates.to_parquet(snakemake.output[0], index=False)
+        write_parquet(candidates, snakemake.output[0])
 
 
 if __name__ == "__main__":

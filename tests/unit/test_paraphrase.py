@@ -30,7 +30,7 @@ from promptcl.paraphrase import (
     parse_reply,
     validate,
 )
-from promptcl.pools import load_pool
+from promptcl.pools import PoolFormatError, load_pool
 from tests.helpers import REPO
 
 ORIGINAL = 'Classify the review as "POS" if it is positive or as "NEG" if it is negative.'
@@ -152,7 +152,7 @@ def test_shared_paft_style_pool_layout(tmp_path):
     path = tmp_path / "pools.json"
     path.write_text(json.dumps(pools))
     assert load_pool(path, "robust_traindataset_sst2") == pools["robust_traindataset_sst2"]
-    with pytest.raises(KeyError, match="no pool named"):
+    with pytest.raises(PoolFormatError, match="no pool named"):
         load_pool(path, "missing")
     with pytest.raises(FileNotFoundError, match="prompts.file.path"):
         load_pool(tmp_path / "none.json")

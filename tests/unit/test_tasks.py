@@ -285,15 +285,16 @@ def test_superni_definition_as_string(tmp_path: Path) -> None:
 def test_superni_shared_instructions_add_suffix_and_labels(tmp_path: Path) -> None:
     root = tmp_path / "ni"
     make_superni(root, output_kind="str")
+    labels = [f"answer {i}" for i in range(4)]  # every gold answer is a label
     write_json(
-        root / "instructions.json", {SUPERNI_TASK: {"suffix": "One word.", "labels": ["a", "b"]}}
+        root / "instructions.json", {SUPERNI_TASK: {"suffix": "One word.", "labels": labels}}
     )
     files = resolve_task("task200", [TaskSource("superni", root)])
     assert files.instructions == root / "instructions.json"
     df = read_split(files, "train")
     assert set(df["instruction"]) == {"Answer the question."}  # Definition kept
     assert set(df["suffix"]) == {"One word."}
-    assert all(lbls == ["a", "b"] for lbls in df["labels"])
+    assert all(lbls == labels for lbls in df["labels"])
 
 
 def test_superni_instruction_override(tmp_path: Path) -> None:

@@ -74,14 +74,34 @@ class Backend(Protocol):
 # --- requests and replies ------------------------------------------------------------------------
 
 
-def load_request_template(path: Path) -> str:
-    text = path.read_text()
-    fields = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
+class TemplateError(ValueError):
+    """The paraphrase request template cannot make a request a reply can be parsed from."""
+
+
+def load_request_template(path: Path, delimiters: Sequence[str] | None = None) -> str:
+    """The request template, checked before any request is sent: only known fields, the
+    instruction among them, and (given the delimiters) a way for the reply to carry them: the
+    {open} and {close} fields or the delimiters written out."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        fields = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
+    except (OSError, UnicodeDecodeError) as err:
+        raise TemplateError(f"{path}: cannot read the request template: {err}") from None
+    except ValueError as err:  # an unmatched brace
+        raise TemplateError(f"{path}: {err}; write literal braces doubled ({{{{ }}}})") from None
     if fields - REQUEST_FIELDS or "instruction" not in fields:
-        raise ValueError(
+        raise TemplateError(
             f"{path}: the request template may use only {sorted(REQUEST_FIELDS)} (with "
             f"{{instruction}} required) as fields; found {sorted(fields)}. Double literal braces."
         )
+    if delimiters is not None:
+        named = {"open", "close"} <= fields
+        written = all(d in text for d in delimiters)
+        if not (named or written):
+            raise TemplateError(
+                f"{path}: the request template neither uses {{open}} and {{close}} nor writes "
+                f"the delimiters {list(delimiters)}, so no reply could be parsed"
+            )
     return text
 
 
@@ -198,11 +218,16 @@ class ReplyCache:
 
     def get(self, backend: Backend, request: Request) -> str | None:
         path = self.path(self.key(backend, request))
-        if not path.is_file():
+        try:
+            reply = json.loads(path.read_text())["reply"] if path.is_file() else None
+        except (OSError, ValueError, KeyError, TypeError) as err:  # a damaged entry: ask again
+            log.warning("reply cache entry %s is unreadable (%s); requesting again", path, err)
+            reply = None
+        if not isinstance(reply, str):
             self.misses += 1
             return None
         self.hits += 1
-        return json.loads(path.read_text())["reply"]
+        return reply
 
     def put(self, backend: Backend, request: Request, reply: str) -> None:
         path = self.path(self.key(backend, request))

@@ -14,12 +14,17 @@ from pathlib import Path
 from . import paths
 from .methods import method_of
 from .metrics import compared_metrics, metric, metrics_of
+from .paraphrase import TemplateError, load_request_template
+from .pools import PoolFormatError, load_pool
 from .runs import (
     ConfigError,
     Run,
     check_api_key,
+    check_model_folders,
     check_sequences,
+    check_strategies,
     check_training,
+    check_values,
     expand_runs,
     model_source_file,
     resolve_tasks,
@@ -110,11 +115,14 @@ class WorkflowPlan:
         :class:`ConfigError` naming the key."""
         check_sequences(config)
         check_training(config)
+        check_values(config)
         runs = expand_runs(config)
         branches, cells = plan_study(config, runs)
         tasks = resolve_tasks([*runs.values(), *cells.values()], task_sources(config, workflow_dir))
         model_file = model_source_file(config, workflow_dir)
+        check_model_folders(config, workflow_dir)
         check_methods(config, [*runs.values(), *cells.values()])
+        check_strategies(config, runs.values())
         check_metrics(config)
         shared, hosts = share_first_stages(config, {**runs, **cells})
         runs = {name: shared[name] for name in runs}
@@ -228,16 +236,39 @@ class WorkflowPlan:
         return self.workflow_path(pattern.format(task=task, full_name=self.tasks[task].full_name))
 
     def check_prompt_inputs(self) -> None:
-        """Missing pool or template files stop the workflow before any job runs."""
+        """Missing or malformed pool or template files stop the workflow before any job runs
+        (each pool is read now: a few small files)."""
         if self.prompts["backend"] == "file":
             missing = [str(self.pool_file(t)) for t in self.prompt_tasks]
             missing = [m for m in missing if not Path(m).is_file()]
             if missing:
                 raise ConfigError(f"prompts.file.path: missing pool file(s) {missing}")
-        elif not self.workflow_path(self.prompts["request_template"]).is_file():
+            for task in self.prompt_tasks:
+                path = self.pool_file(task)
+                try:
+                    texts = load_pool(path, key=[task, self.tasks[task].full_name])
+                except PoolFormatError as err:
+                    raise ConfigError(f"prompts.file.path: task {task}: {err}") from None
+                self._check_pool_size(task, path, len(texts))
+            return
+        template = self.workflow_path(self.prompts["request_template"])
+        if not template.is_file():
+            raise ConfigError(f"prompts.request_template: {template} does not exist")
+        try:
+            load_request_template(template, self.prompts["delimiters"])
+        except TemplateError as err:
+            raise ConfigError(f"prompts.request_template: {err}") from None
+
+    def _check_pool_size(self, task: str, path: Path, texts: int) -> None:
+        """The job uses the first ``prompts.candidates`` texts of a pool: too few texts can never
+        give ``prompts.min_valid`` valid ones to train with."""
+        candidates, need = self.prompts["candidates"], self.prompts["min_valid"]
+        most = min(texts, candidates) - self.heldout
+        if most < need:
             raise ConfigError(
-                "prompts.request_template: "
-                f"{self.workflow_path(self.prompts['request_template'])} does not exist"
+                f"prompts.file.path: task {task}: {path} holds {texts} text(s): with "
+                f"prompts.candidates {candidates} and evaluation.heldout_prompts {self.heldout} "
+                f"at most {max(most, 0)} can be valid, fewer than prompts.min_valid {need}"
             )
 
     def paraphrase_inputs(self, wildcards) -> dict:

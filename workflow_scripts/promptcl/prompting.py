@@ -36,7 +36,12 @@ class PromptFormat:
     max_input_tokens: int = 1024
 
     def __post_init__(self) -> None:
-        fields = {f for _, f, _, _ in string.Formatter().parse(self.template) if f is not None}
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(self.template) if f is not None}
+        except ValueError as err:  # an unmatched brace
+            raise ValueError(
+                f"prompt.template: {err}; write literal braces doubled ({{{{ }}}})"
+            ) from None
         unknown = fields - TEMPLATE_FIELDS
         if unknown or "input" not in fields:
             raise ValueError(

@@ -13,10 +13,18 @@ from itertools import product
 from pathlib import Path
 
 from .paths import RESERVED
-from .tasks import SPLITS, TaskFiles, TaskNotFoundError, TaskSource, resolve_task
+from .prompting import PromptFormat
+from .tasks import (
+    REQUIRED_SPLITS,
+    SPLITS,
+    TaskFiles,
+    TaskFormatError,
+    TaskNotFoundError,
+    TaskSource,
+    resolve_task,
+)
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-REQUIRED_SPLITS = ("train", "test")
 
 
 class ConfigError(ValueError):
@@ -105,6 +113,73 @@ def check_training(config: dict) -> None:
         )
 
 
+def check_values(config: dict) -> None:
+    """Values the schema allows one by one that cannot work (alone or together): refused now,
+    rather than after the model is loaded or the paraphrases are paid for."""
+    caps = config["data"]["caps"]
+    for split in REQUIRED_SPLITS:
+        if (caps.get(split) or {}).get("n") == 0:
+            raise ConfigError(
+                f"data.caps.{split}.n: 0 keeps no {split} instance of any task; use null (all) "
+                "or a positive number (only data.caps.dev.n may be 0)"
+            )
+    steps = config["training"]["max_steps"]
+    if steps != -1 and steps < 1:
+        raise ConfigError(f"training.max_steps: {steps}; use -1 (train by epochs) or >= 1 steps")
+    try:
+        PromptFormat.from_config(config["prompt"])
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    prompts, heldout = config["prompts"], config["evaluation"]["heldout_prompts"]
+    bounds = prompts["validation"]
+    for low, high in (("min_chars", "max_chars"), ("min_length_ratio", "max_length_ratio")):
+        if bounds[low] > bounds[high]:
+            raise ConfigError(
+                f"prompts.validation.{low}: {bounds[low]} exceeds {high} {bounds[high]}; every "
+                "paraphrase would be rejected"
+            )
+    trainable = prompts["candidates"] - heldout
+    if prompts["min_valid"] > trainable:
+        raise ConfigError(
+            f"prompts.min_valid: {prompts['min_valid']} valid paraphrases can never be reached: "
+            f"prompts.candidates {prompts['candidates']} minus evaluation.heldout_prompts "
+            f"{heldout} leaves at most {max(trainable, 0)} to train with"
+        )
+
+
+def check_strategies(config: dict, runs: Iterable[Run]) -> None:
+    """A ``fixed:<id>`` strategy must name a candidate the config can make."""
+    most = config["prompts"]["candidates"]
+    for run in runs:
+        base, _, arg = run.strategy.partition(":")
+        if base == "fixed" and arg.isdigit() and int(arg) > most:
+            raise ConfigError(
+                f"runs.prompt_strategies: {run.strategy} (run {run.name}) names candidate "
+                f"{arg}, but prompts.candidates {most} makes candidates 0..{most}"
+            )
+
+
+def _hf_folder(key: str, value: str | None, base: Path) -> None:
+    """A Hugging Face model folder the config names (checked now; loaded by a job)."""
+    if not value:
+        raise ConfigError(f"{key}: a Hugging Face model folder is required")
+    path = Path(value).expanduser()
+    found = [p for p in ([path] if path.is_absolute() else [path, base / path]) if p.is_dir()]
+    if not found:
+        raise ConfigError(f"{key}: folder {path} does not exist")
+    if not (found[0] / "config.json").is_file():
+        raise ConfigError(f"{key}: {found[0]} is not a Hugging Face model folder (no config.json)")
+
+
+def check_model_folders(config: dict, base: Path) -> None:
+    """``model.path`` of ``source: local`` and ``prompts.local.model``, when given."""
+    if config["model"]["source"] == "local":
+        _hf_folder("model.path", config["model"].get("path"), base)
+    local = config["prompts"]["local"].get("model")
+    if config["prompts"]["backend"] == "local" and local:
+        _hf_folder("prompts.local.model", local, base)
+
+
 def model_source_file(config: dict, base: Path) -> Path | None:
     """The GGUF file of ``model.source: gguf`` (checked now, converted by prepare_model)."""
     model = config["model"]
@@ -160,6 +235,8 @@ def resolve_tasks(runs: Iterable[Run], sources: list[TaskSource]) -> dict[str, T
                 files = resolve_task(task, sources)
             except TaskNotFoundError as err:
                 raise ConfigError(f"sequences.{run.sequence}: {err}") from err
+            except TaskFormatError as err:
+                raise ConfigError(f"task '{task}': {err}") from err
             missing = [s for s in REQUIRED_SPLITS if s not in files.splits]
             if missing:
                 expected = ", ".join(str(files.directory / f"{s}.json") for s in missing)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .metrics import majority_rate
-from .tasks import SPLITS, TABLE_COLUMNS, TaskFiles, read_split
+from .tasks import REQUIRED_SPLITS, SPLITS, TABLE_COLUMNS, TaskFiles, TaskFormatError, read_split
 
 CAP_MODES = ("first", "sample")
 
@@ -39,7 +39,9 @@ def build_task_tables(
 ) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
     """All splits of a task, capped, plus metadata a user auditing the data wants to see.
 
-    A missing ``dev`` split yields an empty table (some raw tasks ship only train/test).
+    A missing ``dev`` split yields an empty table (some raw tasks ship only train/test). An
+    empty train or test split (no records, or none left by its cap) is refused here, naming the
+    file or the cap: nothing could be trained, scored or evaluated on it.
     """
     tables: dict[str, pd.DataFrame] = {}
     meta: dict[str, Any] = {
@@ -58,6 +60,13 @@ def build_task_tables(
             source_rows = len(table)
         cap = caps.get(split) or {}
         table = apply_cap(table, cap.get("n"), cap.get("mode", "first"), seed)
+        if table.empty and split in REQUIRED_SPLITS:
+            raise TaskFormatError(
+                f"{files.splits[split]}: split {split!r} of task {files.full_name} has no records"
+                if not source_rows
+                else f"data.caps.{split}.n: {cap.get('n')} leaves split {split!r} of task "
+                f"{files.full_name} empty"
+            )
         tables[split] = table
         meta["splits"][split] = {
             "file": str(files.splits[split]) if split in files.splits else None,
@@ -73,3 +82,14 @@ def build_task_tables(
         meta["suffix"] = first["suffix"].iloc[0]
         meta["labels"] = list(first["labels"].iloc[0])
     return tables, meta
+
+
+def prompt_parts(meta: dict, where: str) -> tuple[str, list[str]]:
+    """(original instruction, labels) of a prepared task (its ``task.json``), for the jobs that
+    paraphrase it; a table without them cannot come from :func:`build_task_tables`."""
+    if not isinstance(meta.get("instruction"), str) or not isinstance(meta.get("labels"), list):
+        raise TaskFormatError(
+            f"{where}: no instruction or labels recorded (its task has no records?); redo it "
+            "with: snakemake --cores all --forcerun prepare_tasks"
+        )
+    return meta["instruction"], list(meta["labels"])

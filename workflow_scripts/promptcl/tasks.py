@@ -12,7 +12,10 @@ tasks and raw Super-NaturalInstructions tasks:
   ``labels`` and may override the instruction.
 
 Every reader error names the file (and record index and field) so a broken data file can be
-fixed without a debugger.
+fixed without a debugger. Refused, because they train or score nothing sensible: an empty
+instruction, an empty answer or label string, and, in a task with a label set, an answer that is
+not one of its labels (compared as the metrics compare them: case and punctuation ignored). A
+task without labels is a generation task (label and rank accuracy are NaN for it).
 """
 
 from __future__ import annotations
@@ -25,7 +28,11 @@ from typing import Any
 
 import pandas as pd
 
+from .metrics import normalize_answer
+
 SPLITS = ("train", "dev", "test")
+#: splits every task must have, with at least one record (dev is optional and unused)
+REQUIRED_SPLITS = ("train", "test")
 TABLE_COLUMNS = ["id", "input", "references", "instruction", "suffix", "labels"]
 FORMATS = ("sentence_label", "superni")
 INSTRUCTIONS_FILE = "instructions.json"
@@ -154,6 +161,8 @@ def _load_json(path: Path) -> Any:
         raise TaskFormatError(f"{path}: cannot read file: {exc}") from exc
     except json.JSONDecodeError as exc:
         raise TaskFormatError(f"{path}: invalid JSON: {exc}") from exc
+    except RecursionError:
+        raise TaskFormatError(f"{path}: invalid JSON: nested too deeply") from None
 
 
 def _instruction_entry(files: TaskFiles) -> dict[str, Any]:
@@ -174,6 +183,8 @@ def _instruction_entry(files: TaskFiles) -> dict[str, Any]:
     if "instruction" in data:
         if not isinstance(data["instruction"], str):
             raise TaskFormatError(f"{where}: field 'instruction' must be a string")
+        if not data["instruction"].strip():
+            raise TaskFormatError(f"{where}: field 'instruction' is empty")
         entry["instruction"] = data["instruction"]
     elif files.format == "sentence_label":
         raise TaskFormatError(f"{where}: field 'instruction' is missing")
@@ -187,6 +198,12 @@ def _instruction_entry(files: TaskFiles) -> dict[str, Any]:
         labels = []
     if not isinstance(labels, list) or not all(isinstance(lb, str) for lb in labels):
         raise TaskFormatError(f"{where}: field 'labels' must be a list of strings")
+    blank = [i for i, lb in enumerate(labels) if not normalize_answer(lb)]
+    if blank:
+        raise TaskFormatError(
+            f"{where}: field 'labels': entry {blank[0]} ({labels[blank[0]]!r}) is empty once "
+            "case, punctuation and spaces are ignored, so no answer can match it"
+        )
     entry["suffix"] = suffix
     entry["labels"] = list(labels)
     return entry
@@ -217,6 +234,8 @@ def _sentence_label_rows(
                 raise _field_error(
                     path, i, name, f"must be a string, got {type(rec[name]).__name__}"
                 )
+        if not rec["label"].strip():
+            raise _field_error(path, i, "label", "is empty (an answer cannot be empty)")
         rows.append((f"{files.full_name}-{split}-{i}", rec["sentence"], [rec["label"]]))
     return rows
 
@@ -259,6 +278,12 @@ def _superni_rows(
                 "output",
                 f"must be a string or a list of strings, got {type(out).__name__}",
             )
+        empty = [j for j, ref in enumerate(refs) if not ref.strip()]
+        if empty:
+            entry = f" (entry {empty[0]})" if isinstance(out, list) else ""
+            raise _field_error(
+                path, i, "output", f"holds an empty answer{entry} (an answer cannot be empty)"
+            )
         # Old SuperNI releases have no instance ids; fall back to a positional one.
         rid = rec.get("id", f"{files.full_name}-{split}-{i}")
         if not isinstance(rid, str) or not rid:
@@ -275,12 +300,59 @@ def _superni_definition(path: Path, data: dict) -> str:
         )
     definition = data["Definition"]
     if isinstance(definition, list) and definition and isinstance(definition[0], str):
-        return definition[0]
+        definition = definition[0]
     if isinstance(definition, str):
+        if not definition.strip():
+            raise TaskFormatError(f"{path}: field 'Definition' is empty (the task's instruction)")
         return definition
     raise TaskFormatError(
         f"{path}: field 'Definition' must be a string or a non-empty list of strings"
     )
+
+
+def _unicode_error(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _check_text(path: Path, rows: list, entry: dict, instruction: str, files: TaskFiles) -> None:
+    """Every string must be valid Unicode: a lone surrogate escape (``\\ud800``) parses as JSON
+    but cannot be written to a table, so it would fail only when the job writes its output."""
+    bad = "is not valid Unicode text (a lone surrogate escape such as \\ud800)"
+    answer = "label" if files.format == "sentence_label" else "output"
+    for i, (rid, text, refs) in enumerate(rows):
+        for name, value in (("id", rid), ("input", text), (answer, "".join(refs))):
+            if _unicode_error(value):
+                raise _field_error(path, i, name, bad)
+    source = files.instructions or path
+    for name in ("suffix", "labels"):
+        value = entry[name]
+        if _unicode_error(value if isinstance(value, str) else "".join(value)):
+            raise TaskFormatError(f"{source}: field {name!r} {bad}")
+    if _unicode_error(instruction):
+        raise TaskFormatError(f"{source if 'instruction' in entry else path}: instruction {bad}")
+
+
+def _check_labels(path: Path, rows: list, labels: list[str], files: TaskFiles) -> None:
+    """In a task with a label set, every gold answer (the first reference, the training target)
+    must be a label, or label accuracy silently scores it 0."""
+    if not labels:
+        return
+    known = {normalize_answer(lb) for lb in labels}
+    name = "label" if files.format == "sentence_label" else "output"
+    for i, (_, _, refs) in enumerate(rows):
+        if normalize_answer(refs[0]) not in known:
+            raise _field_error(
+                path,
+                i,
+                name,
+                f"{refs[0]!r} is not one of the task's labels {labels} (from "
+                f"{files.instructions}); add it there, or give the task no labels (a generation "
+                "task)",
+            )
 
 
 def read_split(files: TaskFiles, split: str) -> pd.DataFrame:
@@ -312,6 +384,8 @@ def read_split(files: TaskFiles, split: str) -> pd.DataFrame:
         if rid in seen:
             raise _field_error(path, i, "id", f"duplicates the id of record {seen[rid]} ({rid!r})")
         seen[rid] = i
+    _check_text(path, rows, entry, instruction, files)
+    _check_labels(path, rows, entry["labels"], files)
     table = {
         "id": [r[0] for r in rows],
         "input": [r[1] for r in rows],
