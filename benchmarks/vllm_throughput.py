@@ -105,8 +105,10 @@ def run_hf(folder, adapters, precision, requests, tokenizer, batch_size: int) ->
     }
 
 
-def run_vllm(folder, adapter, precision, requests, tokenizer, python: str, threads: int) -> dict:
-    spec = vllm_engine.VllmSpec(python=python)
+def run_vllm(
+    folder, adapter, precision, requests, tokenizer, python: str, threads: int, eager: bool
+) -> dict:
+    spec = vllm_engine.VllmSpec(python=python, enforce_eager=eager)
     stats = vllm_engine.EngineStats()
     answers = vllm_engine.generate(
         spec, folder, adapter, precision, requests, tokenizer, threads, stats=stats
@@ -131,6 +133,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--python", default=str(REPO / ".venv-vllm/bin/python"))
     parser.add_argument("--evaluations", default=",".join(EVALUATIONS))
+    parser.add_argument(
+        "--enforce-eager", action="store_true", help="vLLM without torch.compile / CUDA graphs"
+    )
     parser.add_argument("--output", type=Path, help="JSON file for the figures")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
@@ -145,6 +150,7 @@ def main() -> None:
         "precision": precision,
         "threads": args.threads,
         "cpu": cpu_name(),
+        "vllm_enforce_eager": args.enforce_eager,
     }
     before = matmul_rates(args.threads, precision)
     for name in args.evaluations.split(","):
@@ -153,14 +159,16 @@ def main() -> None:
         prompts = sum(len(r.prompts) for r in requests)
         hf = run_hf(folder, adapters, precision, requests, tokenizer, args.batch_size)
         vl = run_vllm(folder, args.adapter, precision, requests, tokenizer, args.python,
-                      args.threads)  # fmt: skip
+                      args.threads, args.enforce_eager)  # fmt: skip
         same = sum(a == b for ra, rb in zip(hf.pop("answers"), vl.pop("answers"), strict=True)
                    for a, b in zip(ra, rb, strict=True))  # fmt: skip
         figures[f"{name}_prompts"] = prompts
         figures[f"{name}_prompt_tokens"] = sum(len(p) for r in requests for p in r.prompts)
         figures |= {f"{name}_hf_{k}": v for k, v in hf.items()}
         figures |= {f"{name}_vllm_{k}": v for k, v in vl.items()}
-        figures[f"{name}_steady_speedup"] = round(vl["tokens_per_s"] / hf["tokens_per_s"], 2)
+        for engine, res in (("hf", hf), ("vllm", vl)):
+            figures[f"{name}_{engine}_prompts_per_s"] = round(prompts / res["generate_s"], 2)
+        figures[f"{name}_steady_speedup"] = round(hf["generate_s"] / vl["generate_s"], 2)
         figures[f"{name}_total_speedup"] = round(
             (hf["start_s"] + hf["generate_s"]) / (vl["start_s"] + vl["generate_s"]), 2
         )

@@ -69,3 +69,25 @@ def test_model_benchmark_runs(tiny_model_dir, tmp_path):
     assert figures["train_packed_tokens"] == figures["train_current_tokens"], "packing: no pads"
     assert figures["train_loss_curve_max_abs_diff"] < 1e-3, "fp32: both paths compute one loss"
     assert "prefill_mfu" in out and "flop_convention" in out
+
+
+def test_vllm_benchmark_runs(tmp_path):
+    """Both engines on the same requests in one run, start-up apart from generation; on a tiny
+    fp32 model the answers are identical."""
+    from tests.helpers.models import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "model", head_dim=64)
+    out = run(
+        "vllm_throughput.py",
+        *("--model", str(model), "--items", "3", "--evaluations", "demo_stage"),
+        *("--precision", "fp32", "--enforce-eager", "--output", str(tmp_path / "v.json")),
+        cwd=tmp_path,
+    )
+    figures = json.loads((tmp_path / "v.json").read_text())
+    assert figures["demo_stage_prompts"] == 12
+    for engine in ("hf", "vllm"):
+        assert figures[f"demo_stage_{engine}_tokens_per_s"] > 0
+        assert figures[f"demo_stage_{engine}_start_s"] > 0
+    assert figures["demo_stage_identical_answers"] == 1.0
+    assert "model name" not in figures["cpu"] and figures["matmul_reference_tflops"] > 0
+    assert "steady_speedup" in out
