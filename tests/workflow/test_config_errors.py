@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from tests.helpers.workflow import (
     fails_before_jobs,
     snakemake,
@@ -67,7 +69,8 @@ def test_malformed_task_record_names_file_and_record(tmp_path, tiny_model_dir):
         data={"sources": [{"format": "sentence_label", "root": str(root)}]},
         sequences={"tiny": {"tasks": ["task1"]}},
     )
-    (tmp_path / "pool.json").write_text('["Give the label for this sentence now."]')
+    pool = [f"Give the label for this sentence, version {i}." for i in range(4)]
+    (tmp_path / "pool.json").write_text(json.dumps(pool))  # enough for prompts.min_valid
     config["prompts"]["file"] = {"path": str(tmp_path / "pool.json")}
     cfg = write_config(tmp_path / "config.yaml", config)
     proc = snakemake(
