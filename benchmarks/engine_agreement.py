@@ -23,7 +23,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow_scripts"))
 
-from promptcl import stats  # noqa: E402
+from promptcl.analysis import stats  # noqa: E402
 
 METRICS = ("label_accuracy", "rougeL", "exact_match")
 

@@ -38,23 +38,23 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow_scripts"))
 
-from promptcl import trainer as trainer_module  # noqa: E402
-from promptcl.batching import left_pad, positions  # noqa: E402
-from promptcl.data import encode_table  # noqa: E402
-from promptcl.devices import resolve_precision  # noqa: E402
-from promptcl.inference import generate, greedy_tokens, prefill  # noqa: E402
+from promptcl.evaluate.inference import generate, greedy_tokens, prefill  # noqa: E402
 from promptcl.methods import build_stage_model  # noqa: E402
-from promptcl.modeling import (  # noqa: E402
+from promptcl.model.batching import left_pad, positions  # noqa: E402
+from promptcl.model.devices import resolve_precision  # noqa: E402
+from promptcl.model.modeling import (  # noqa: E402
     ModelSpec,
     load_state,
     load_tokenizer,
     prepare_model,
     use_attention,
 )
-from promptcl.prompting import PromptFormat, encode  # noqa: E402
-from promptcl.specs import LoraSpec, TrainSpec  # noqa: E402
-from promptcl.tasks import TaskSource, read_split, resolve_task  # noqa: E402
-from promptcl.trainer import fit  # noqa: E402
+from promptcl.prompts.prompting import PromptFormat, encode  # noqa: E402
+from promptcl.tasks.files import TaskSource, read_split, resolve_task  # noqa: E402
+from promptcl.train import trainer as trainer_module  # noqa: E402
+from promptcl.train.data import encode_table  # noqa: E402
+from promptcl.train.specs import LoraSpec, TrainSpec  # noqa: E402
+from promptcl.train.trainer import fit  # noqa: E402
 
 
 def model_dir(arg: str | None) -> Path:

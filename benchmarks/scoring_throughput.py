@@ -32,13 +32,13 @@ from model_throughput import (  # noqa: E402
     with_mfu,
 )
 
-from promptcl.devices import resolve_precision  # noqa: E402
-from promptcl.inference import autocast  # noqa: E402
-from promptcl.modeling import load_state, load_tokenizer  # noqa: E402
-from promptcl.pools import load_pool  # noqa: E402
-from promptcl.prompting import IGNORE_INDEX, PromptFormat  # noqa: E402
-from promptcl.scoring import ScoringStats, encode_pairs, score_candidates  # noqa: E402
-from promptcl.tasks import TaskSource, read_split, resolve_task  # noqa: E402
+from promptcl.evaluate.inference import autocast  # noqa: E402
+from promptcl.evaluate.scoring import ScoringStats, encode_pairs, score_candidates  # noqa: E402
+from promptcl.model.devices import resolve_precision  # noqa: E402
+from promptcl.model.modeling import load_state, load_tokenizer  # noqa: E402
+from promptcl.prompts.pools import load_pool  # noqa: E402
+from promptcl.prompts.prompting import IGNORE_INDEX, PromptFormat  # noqa: E402
+from promptcl.tasks.files import TaskSource, read_split, resolve_task  # noqa: E402
 
 
 @torch.inference_mode()

@@ -30,17 +30,17 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from model_throughput import best_rates, matmul_rates, model_dir, peak, report  # noqa: E402
 
-from promptcl import vllm_engine  # noqa: E402
-from promptcl.devices import resolve_precision  # noqa: E402
-from promptcl.inference import (  # noqa: E402
+from promptcl.evaluate import vllm_engine  # noqa: E402
+from promptcl.evaluate.inference import (  # noqa: E402
     GenerationSpec,
     GenerationStats,
     encode_requests,
     generate,
 )
-from promptcl.modeling import load_state, load_tokenizer, use_attention  # noqa: E402
-from promptcl.prompting import PromptFormat  # noqa: E402
-from promptcl.tasks import TaskSource, read_split, resolve_task  # noqa: E402
+from promptcl.model.devices import resolve_precision  # noqa: E402
+from promptcl.model.modeling import load_state, load_tokenizer, use_attention  # noqa: E402
+from promptcl.prompts.prompting import PromptFormat  # noqa: E402
+from promptcl.tasks.files import TaskSource, read_split, resolve_task  # noqa: E402
 
 SOURCES = [
     TaskSource("sentence_label", REPO / "resources/tasks/sentence_label"),

@@ -1,5 +1,5 @@
 # Config validation, the PLAN object (runs, tasks, input functions, params) and wildcard
-# constraints. The logic lives in workflow_scripts/promptcl/plan.py (torch-free, unit-tested).
+# constraints. The logic lives in workflow_scripts/promptcl/dag/plan.py (torch-free, unit-tested).
 import sys
 from pathlib import Path
 
@@ -11,9 +11,9 @@ min_version("9.14.1")
 WORKFLOW_DIR = Path(workflow.basedir).resolve()
 sys.path.insert(0, str(WORKFLOW_DIR / "workflow_scripts"))
 
-from promptcl import paths  # noqa: E402
-from promptcl.plan import WorkflowPlan  # noqa: E402
-from promptcl.runs import ConfigError  # noqa: E402
+from promptcl.dag import paths  # noqa: E402
+from promptcl.dag.plan import WorkflowPlan  # noqa: E402
+from promptcl.dag.runs import ConfigError  # noqa: E402
 
 validate(config, schema="../config/schema.yaml")
 

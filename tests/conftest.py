@@ -29,7 +29,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_model_dir):
-    from promptcl.modeling import load_tokenizer
+    from promptcl.model.modeling import load_tokenizer
 
     return load_tokenizer(tiny_model_dir)
 

@@ -1,8 +1,8 @@
 """Rule aggregate_run: accuracy matrix and continual-learning summary of one run."""
 
-from promptcl.integrity import verify_inputs, write_parquet, write_text
-from promptcl.run_metrics import aggregate_run, read_evaluations, read_stage_records
-from promptcl.runtime import input_list, job_logging
+from promptcl.analysis.run_metrics import aggregate_run, read_evaluations, read_stage_records
+from promptcl.model.runtime import input_list, job_logging
+from promptcl.store.integrity import verify_inputs, write_parquet, write_text
 
 
 def main(snakemake) -> None:

@@ -10,8 +10,8 @@ from promptcl.figures.study import (
     predictor_bars,
     spread_figure,
 )
-from promptcl.integrity import verify_inputs, write_parquet
-from promptcl.runtime import input_list, job_logging
+from promptcl.model.runtime import input_list, job_logging
+from promptcl.store.integrity import verify_inputs, write_parquet
 from promptcl.study.analysis import (
     gradient_groups,
     outcome_correlations,

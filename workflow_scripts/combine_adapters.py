@@ -3,9 +3,9 @@
 import json
 from pathlib import Path
 
-from promptcl.combine import combine_loras
-from promptcl.integrity import verify_inputs
-from promptcl.runtime import input_list, job_logging
+from promptcl.model.runtime import input_list, job_logging
+from promptcl.store.integrity import verify_inputs
+from promptcl.train.combine import combine_loras
 
 
 def main(snakemake) -> None:

@@ -2,9 +2,9 @@
 
 import pandas as pd
 
-from promptcl.compare import compare_instances, compare_seeds, seed_table
-from promptcl.integrity import verify_inputs, write_parquet
-from promptcl.runtime import input_list, job_logging
+from promptcl.analysis.compare import compare_instances, compare_seeds, seed_table
+from promptcl.model.runtime import input_list, job_logging
+from promptcl.store.integrity import verify_inputs, write_parquet
 
 
 def main(snakemake) -> None:

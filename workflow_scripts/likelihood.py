@@ -1,17 +1,18 @@
 """Rules likelihood_base and likelihood_stage: the gold answer's log-likelihood and rank
-classification under one model state (:mod:`promptcl.likelihood`), for the same tasks, prompts
+classification under one model state (:mod:`promptcl.evaluate.likelihood`), for the same tasks,
+prompts
 and items as the generation rules (``evaluation.outcomes`` decides which of the two run).
 
 Stage 0 (no adapters) writes one file; a stage k job writes <task>.parquet per evaluation task
 into its output folder, loading the model once for all of them.
 """
 
-from promptcl.evaluation import evaluate_tasks, log_scores, trained_prompts
-from promptcl.integrity import verify_inputs
-from promptcl.likelihood import LikelihoodStats, likelihood_table
-from promptcl.metrics import metrics_of
-from promptcl.prompting import PromptFormat
-from promptcl.runtime import input_list, job_logging, load_job_state, task_outputs
+from promptcl.analysis.metrics import metrics_of
+from promptcl.evaluate.evaluation import evaluate_tasks, log_scores, trained_prompts
+from promptcl.evaluate.likelihood import LikelihoodStats, likelihood_table
+from promptcl.model.runtime import input_list, job_logging, load_job_state, task_outputs
+from promptcl.prompts.prompting import PromptFormat
+from promptcl.store.integrity import verify_inputs
 
 
 def main(snakemake) -> None:

@@ -4,12 +4,12 @@ import json
 
 import pandas as pd
 
-from promptcl.candidates import text_of
-from promptcl.inference import GenerationSpec
-from promptcl.integrity import verify_inputs, write_parquet
-from promptcl.prompting import PromptFormat
-from promptcl.runtime import job_logging, load_job_state
-from promptcl.study.design import trained_candidates
+from promptcl.dag.study_design import trained_candidates
+from promptcl.evaluate.inference import GenerationSpec
+from promptcl.model.runtime import job_logging, load_job_state
+from promptcl.prompts.candidates import text_of
+from promptcl.prompts.prompting import PromptFormat
+from promptcl.store.integrity import verify_inputs, write_parquet
 from promptcl.study.measures import MeasureSpec, measure_candidates
 
 

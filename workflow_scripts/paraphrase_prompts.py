@@ -3,11 +3,11 @@
 import json
 from pathlib import Path
 
-from promptcl.backends import backend_from_config
-from promptcl.candidates import hold_out, require_valid
-from promptcl.devices import resolve_precision
-from promptcl.integrity import verify_inputs, write_parquet
-from promptcl.paraphrase import (
+from promptcl.model.devices import resolve_precision
+from promptcl.model.runtime import job_logging
+from promptcl.prompts.backends import backend_from_config
+from promptcl.prompts.candidates import hold_out, require_valid
+from promptcl.prompts.paraphrase import (
     ReplyCache,
     Request,
     ValidationSpec,
@@ -17,9 +17,9 @@ from promptcl.paraphrase import (
     collect_replies,
     load_request_template,
 )
-from promptcl.pools import load_pool
-from promptcl.runtime import job_logging
-from promptcl.task_tables import prompt_parts
+from promptcl.prompts.pools import load_pool
+from promptcl.store.integrity import verify_inputs, write_parquet
+from promptcl.tasks.tables import prompt_parts
 
 
 def main(snakemake) -> None:

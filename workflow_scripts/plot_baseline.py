@@ -5,8 +5,8 @@ from pathlib import Path
 import pandas as pd
 
 from promptcl.figures.runs import baseline_differences
-from promptcl.integrity import verify_inputs
-from promptcl.runtime import job_logging
+from promptcl.model.runtime import job_logging
+from promptcl.store.integrity import verify_inputs
 
 
 def main(snakemake) -> None:

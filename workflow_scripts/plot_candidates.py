@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from promptcl import paths
+from promptcl.dag import paths
 from promptcl.figures.runs import candidate_losses
-from promptcl.integrity import verify_inputs
-from promptcl.runtime import job_logging
+from promptcl.model.runtime import job_logging
+from promptcl.store.integrity import verify_inputs
 from promptcl.strategies import CRITERIA
 
 

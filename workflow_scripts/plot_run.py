@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from promptcl.analysis.metrics import METRICS
 from promptcl.figures.runs import forgetting_curves, loss_curves, matrix_heatmaps
-from promptcl.integrity import verify_inputs
-from promptcl.metrics import METRICS
-from promptcl.runtime import input_list, job_logging
+from promptcl.model.runtime import input_list, job_logging
+from promptcl.store.integrity import verify_inputs
 
 
 def plot_run(matrix: Path, train_logs: list[Path], run: str, outputs: dict[str, Path]) -> None:

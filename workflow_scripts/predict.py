@@ -2,16 +2,17 @@
 
 Stage 0 (no adapters) writes one file; a stage k job writes <task>.parquet per evaluation task
 into its output folder. Every task is evaluated under every prompt of
-:func:`promptcl.evaluation.evaluation_prompts`, by this job's model (``generation.engine: hf``,
+:func:`promptcl.evaluate.evaluation.evaluation_prompts`, by this job's model (``generation.engine:
+hf``,
 loaded once) or by one vLLM engine for all of the job's prompts (``vllm``).
 """
 
-from promptcl.evaluation import PredictJob, log_scores, predict_tasks, trained_prompts
-from promptcl.inference import GenerationSpec
-from promptcl.integrity import verify_inputs
-from promptcl.metrics import metrics_of, score_predictions
-from promptcl.prompting import PromptFormat
-from promptcl.runtime import input_list, job_logging, task_outputs
+from promptcl.analysis.metrics import metrics_of, score_predictions
+from promptcl.evaluate.evaluation import PredictJob, log_scores, predict_tasks, trained_prompts
+from promptcl.evaluate.inference import GenerationSpec
+from promptcl.model.runtime import input_list, job_logging, task_outputs
+from promptcl.prompts.prompting import PromptFormat
+from promptcl.store.integrity import verify_inputs
 
 
 def main(snakemake) -> None:

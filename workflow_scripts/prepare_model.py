@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from promptcl.integrity import write_json
-from promptcl.modeling import ModelSpec, prepare_model
-from promptcl.runtime import job_logging
+from promptcl.model.modeling import ModelSpec, prepare_model
+from promptcl.model.runtime import job_logging
+from promptcl.store.integrity import write_json
 
 
 def main(snakemake) -> None:

@@ -2,11 +2,11 @@
 
 from pathlib import Path
 
-from promptcl.integrity import write_json, write_parquet
-from promptcl.runs import task_sources
-from promptcl.runtime import job_logging
-from promptcl.task_tables import build_task_tables
-from promptcl.tasks import resolve_task
+from promptcl.dag.runs import task_sources
+from promptcl.model.runtime import job_logging
+from promptcl.store.integrity import write_json, write_parquet
+from promptcl.tasks.files import resolve_task
+from promptcl.tasks.tables import build_task_tables
 
 
 def main(snakemake) -> None:

@@ -3,10 +3,10 @@ original prompt (from each cell run's accuracy matrix)."""
 
 import pandas as pd
 
-from promptcl.integrity import verify_inputs, write_parquet
-from promptcl.runtime import input_list, job_logging
+from promptcl.dag.study_design import trained_candidates
+from promptcl.model.runtime import input_list, job_logging
+from promptcl.store.integrity import verify_inputs, write_parquet
 from promptcl.study.analysis import outcome_table
-from promptcl.study.design import trained_candidates
 
 
 def main(snakemake) -> None:

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from promptcl.integrity import verify_inputs, write_parquet, write_text
-from promptcl.runtime import input_list, job_logging
-from promptcl.summary_text import format_comparisons, format_seeds
+from promptcl.analysis.summary_text import format_comparisons, format_seeds
+from promptcl.model.runtime import input_list, job_logging
+from promptcl.store.integrity import verify_inputs, write_parquet, write_text
 
 COLUMNS = [
     "run",

@@ -11,11 +11,11 @@ import os
 import sys
 from pathlib import Path
 
-from promptcl.integrity import verify_inputs
-from promptcl.job import JOB_FILE, StageJob, claim_state_dir
-from promptcl.launch import process_count, rank, run_forwarding_signals, torchrun_command
-from promptcl.recipe import run_stage
-from promptcl.runtime import job_logging
+from promptcl.model.runtime import job_logging
+from promptcl.store.integrity import verify_inputs
+from promptcl.train.job import JOB_FILE, StageJob, claim_state_dir
+from promptcl.train.launch import process_count, rank, run_forwarding_signals, torchrun_command
+from promptcl.train.recipe import run_stage
 
 
 def run(job: StageJob, script: Path, log: logging.Logger) -> None:

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from promptcl.adapters import save_adapter
-from promptcl.candidates import make_table
-from promptcl.data import encode_table
 from promptcl.methods import build_stage_model
-from promptcl.modeling import adapter_name
-from promptcl.prompting import PromptFormat
-from promptcl.specs import LoraSpec, TrainSpec
-from promptcl.trainer import fit
+from promptcl.model.adapters import save_adapter
+from promptcl.model.modeling import adapter_name
+from promptcl.prompts.candidates import make_table
+from promptcl.prompts.prompting import PromptFormat
+from promptcl.train.data import encode_table
+from promptcl.train.specs import LoraSpec, TrainSpec
+from promptcl.train.trainer import fit
 
 FMT = PromptFormat()
 LORA = LoraSpec(r=4, alpha=16, dropout=0.0, target_modules=("q_proj", "v_proj"))
@@ -53,7 +53,7 @@ def train(model_dir, tokenizer, prev, stage, out_root: Path, label: str, **kw) -
 def stage_job(root: Path, model_dir: Path, method: str = "inclora", options: dict | None = None):
     """Stage 1 of a run of ``method`` as the train_stage rule gives it: 8 examples, the
     original prompt alone as candidate, the schema's LoRA and training defaults."""
-    from promptcl.job import StageJob
+    from promptcl.train.job import StageJob
 
     root.mkdir(parents=True, exist_ok=True)
     table(8, "yes").to_parquet(root / "train.parquet")

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from promptcl.aggregate import cell_table, matrix, run_summary
-from promptcl.metrics import score_predictions
-from promptcl.summary_text import format_matrix, format_summary
+from promptcl.analysis.aggregate import cell_table, matrix, run_summary
+from promptcl.analysis.metrics import score_predictions
+from promptcl.analysis.summary_text import format_matrix, format_summary
 
 SEQUENCE = ["cls_a", "gen_b"]
 UNSEEN = ["cls_u"]
@@ -254,7 +254,7 @@ def _with_trained(predictions, task: str, first_stage: int, em: list[float]):
 
 
 def test_trained_prompt_protocol_uses_the_trained_prompt_only_for_seen_tasks(predictions):
-    from promptcl.aggregate import split_prompts, trained_prompt_tables
+    from promptcl.analysis.aggregate import split_prompts, trained_prompt_tables
 
     tables = _with_trained(predictions, "cls_a", 1, [100.0] * 4)
     chosen = trained_prompt_tables(tables, SEQUENCE, {"cls_a": 3, "gen_b": 0})
@@ -276,7 +276,7 @@ def test_trained_prompt_protocol_uses_the_trained_prompt_only_for_seen_tasks(pre
 
 
 def test_trained_prompt_protocol_never_falls_back_silently(predictions):
-    from promptcl.aggregate import trained_prompt_tables
+    from promptcl.analysis.aggregate import trained_prompt_tables
 
     tables = {k: t.assign(prompt_id="original") for k, t in predictions.items()}
     with pytest.raises(ValueError, match="trained prompt.*cls_a"):

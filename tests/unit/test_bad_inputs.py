@@ -11,10 +11,10 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from promptcl.plan import WorkflowPlan
-from promptcl.runs import ConfigError
-from promptcl.task_tables import build_task_tables, prompt_parts
-from promptcl.tasks import TaskFormatError, TaskSource, read_split, resolve_task
+from promptcl.dag.plan import WorkflowPlan
+from promptcl.dag.runs import ConfigError
+from promptcl.tasks.files import TaskFormatError, TaskSource, read_split, resolve_task
+from promptcl.tasks.tables import build_task_tables, prompt_parts
 from tests.helpers import REPO
 
 CAPS = {"train": {"n": 8}, "dev": {"n": 2}, "test": {"n": 4}}

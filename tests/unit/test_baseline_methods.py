@@ -10,11 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from promptcl import paths
-from promptcl.adapters import save_adapter
-from promptcl.batching import PadCollator
-from promptcl.candidates import make_table
-from promptcl.data import MixedDataset, PromptedDataset, encode_table
+from promptcl.dag import paths
 from promptcl.methods import METHODS, build_stage_model
 from promptcl.methods.ewc import (
     EwcSpec,
@@ -31,9 +27,13 @@ from promptcl.methods.replay import (
     replay_parts,
     replay_rows,
 )
-from promptcl.modeling import adapter_name, load_state
-from promptcl.prompting import PromptFormat
-from promptcl.specs import LoraSpec
+from promptcl.model.adapters import save_adapter
+from promptcl.model.batching import PadCollator
+from promptcl.model.modeling import adapter_name, load_state
+from promptcl.prompts.candidates import make_table
+from promptcl.prompts.prompting import PromptFormat
+from promptcl.train.data import MixedDataset, PromptedDataset, encode_table
+from promptcl.train.specs import LoraSpec
 from tests.helpers import REPO
 from tests.helpers.stages import stage_job, table
 
@@ -368,7 +368,7 @@ def test_methods_that_share_their_first_stage_train_inclora_s_bitwise(tiny_model
     from safetensors.torch import load_file
     from snakemake.utils import validate
 
-    from promptcl.recipe import run_stage
+    from promptcl.train.recipe import run_stage
 
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     validate(config, str(REPO / "config/schema.yaml"))

@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from promptcl.combine import CombineError, combine_loras
-from promptcl.modeling import attach_adapters, load_base_model
+from promptcl.model.modeling import attach_adapters, load_base_model
+from promptcl.train.combine import CombineError, combine_loras
 
 STAGES = [  # (rank, alpha, target modules) of each stage's LoRA
     (8, 32, ["q_proj", "v_proj"]),

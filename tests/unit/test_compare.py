@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sp
 
-from promptcl.compare import (
+from promptcl.analysis.compare import (
     MEASURES,
     bootstrap_measures,
     common_ids,
@@ -16,9 +16,9 @@ from promptcl.compare import (
     instance_scores,
     seed_table,
 )
-from promptcl.metrics import continual_metrics
-from promptcl.stats import mde_t, mde_z
-from promptcl.summary_text import format_comparisons, readable_verdict
+from promptcl.analysis.metrics import continual_metrics
+from promptcl.analysis.stats import mde_t, mde_z
+from promptcl.analysis.summary_text import format_comparisons, readable_verdict
 
 BASELINE = {"method": "inclora", "strategy": "original"}
 SEQ, UNSEEN = ["a", "b"], ["u"]

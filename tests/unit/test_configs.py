@@ -49,7 +49,7 @@ def test_paper_config_follows_the_reference():
 
 
 def test_the_baselines_config_plans_every_family_with_and_without_sapo_over_two_seeds():
-    from promptcl.plan import WorkflowPlan
+    from promptcl.dag.plan import WorkflowPlan
 
     config = merged("config.yaml", "baselines.yaml")
     validate(config, str(REPO / "config/schema.yaml"))

@@ -10,9 +10,9 @@ import types
 import pandas as pd
 import torch
 
-from promptcl.candidates import COLUMNS
 from promptcl.methods import METHODS, build_stage_model
-from promptcl.modeling import adapter_name
+from promptcl.model.modeling import adapter_name
+from promptcl.prompts.candidates import COLUMNS
 from promptcl.strategies import STRATEGIES, parse_strategy, training_instruction
 from tests.helpers import REPO
 from tests.helpers.stages import LORA, train

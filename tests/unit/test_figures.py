@@ -41,7 +41,7 @@ def test_run_figures(tmp_path):
 
 
 def test_configurations_over_seeds_and_against_the_baseline(tmp_path):
-    from promptcl.compare import compare_seeds, seed_table
+    from promptcl.analysis.compare import compare_seeds, seed_table
 
     summary = synthetic.summary(runs=("a", "b"), seeds=3)
     seeds = seed_table(summary)

@@ -25,14 +25,14 @@ from hypothesis import strategies as st
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from promptcl.metrics import normalize_answer
-from promptcl.paraphrase import TemplateError, load_request_template
-from promptcl.plan import WorkflowPlan
-from promptcl.pools import PoolFormatError, load_pool
-from promptcl.prompting import PromptFormat
-from promptcl.runs import ConfigError
-from promptcl.task_tables import build_task_tables
-from promptcl.tasks import REQUIRED_SPLITS, SPLITS, TaskFormatError, TaskSource, resolve_task
+from promptcl.analysis.metrics import normalize_answer
+from promptcl.dag.plan import WorkflowPlan
+from promptcl.dag.runs import ConfigError
+from promptcl.prompts.paraphrase import TemplateError, load_request_template
+from promptcl.prompts.pools import PoolFormatError, load_pool
+from promptcl.prompts.prompting import PromptFormat
+from promptcl.tasks.files import REQUIRED_SPLITS, SPLITS, TaskFormatError, TaskSource, resolve_task
+from promptcl.tasks.tables import build_task_tables
 from tests.helpers import REPO
 
 #: reproducible and database-free (the same examples on every machine and in CI, nothing

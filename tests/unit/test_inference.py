@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from promptcl.inference import GenerationSpec, GenerationStats, generate, predict_table
-from promptcl.modeling import load_state
-from promptcl.prompting import PromptFormat, encode
+from promptcl.evaluate.inference import GenerationSpec, GenerationStats, generate, predict_table
+from promptcl.model.modeling import load_state
+from promptcl.prompts.prompting import PromptFormat, encode
 
 
 def test_batched_generation_equals_one_by_one(tiny_model_dir, tiny_tokenizer):
@@ -61,8 +61,8 @@ def test_the_greedy_loop_gives_generate_s_tokens(tiny_model_dir, tiny_tokenizer)
     included, with left padding of very different lengths."""
     import torch
 
-    from promptcl.batching import left_pad
-    from promptcl.inference import greedy_tokens
+    from promptcl.evaluate.inference import greedy_tokens
+    from promptcl.model.batching import left_pad
 
     model = load_state(tiny_model_dir)
     inputs = ["a", "a much longer input sentence with many more words in it", "mid size one"]
@@ -103,7 +103,7 @@ def test_generation_spec_names_a_bad_decoder():
 
 
 def test_length_batches_cap_rows_and_padded_tokens():
-    from promptcl.batching import length_batches
+    from promptcl.model.batching import length_batches
 
     lengths = [100] * 15 + [500] + [90] * 8
     batches = length_batches(lengths, 8)
@@ -124,7 +124,7 @@ def test_the_reserved_cache_layer_holds_what_a_growing_one_holds_without_copying
     import torch
     from transformers import DynamicLayer
 
-    from promptcl.inference import ReservedLayer
+    from promptcl.evaluate.inference import ReservedLayer
 
     ours, reference = ReservedLayer(extra=3), DynamicLayer()
     steps = [torch.randn(2, 3, n, 4) for n in (5, 1, 1, 1, 1, 2)]
@@ -141,8 +141,8 @@ def test_the_reserved_cache_layer_holds_what_a_growing_one_holds_without_copying
 def test_shared_prefix_counts_the_rows_common_leading_tokens():
     import torch
 
-    from promptcl.batching import left_pad
-    from promptcl.inference import shared_prefix
+    from promptcl.evaluate.inference import shared_prefix
+    from promptcl.model.batching import left_pad
 
     ids, mask = left_pad([[5, 6, 7, 8, 9], [5, 6, 7, 1], [5, 6, 7, 8]], 0)
     assert shared_prefix(ids, mask) == 3
@@ -160,9 +160,9 @@ def test_prefix_sharing_gives_the_tokens_of_the_whole_prompt_pass(tiny_model_dir
     pads in the middle: in fp32 the same tokens as the whole left-padded prompts."""
     import torch
 
-    from promptcl import inference
-    from promptcl.batching import left_pad
-    from promptcl.inference import greedy_tokens, shared_prefix
+    from promptcl.evaluate import inference
+    from promptcl.evaluate.inference import greedy_tokens, shared_prefix
+    from promptcl.model.batching import left_pad
 
     model = load_state(tiny_model_dir)
     inputs = ["a", "a much longer input sentence with many more words in it", "mid size one", "b"]
@@ -187,8 +187,8 @@ def test_prefix_sharing_with_sliding_window_layers_only_where_the_window_covers_
     used only when the window covers prompt and answer, and then gives the same tokens."""
     import torch
 
-    from promptcl.batching import left_pad
-    from promptcl.inference import _shareable, greedy_tokens
+    from promptcl.evaluate.inference import _shareable, greedy_tokens
+    from promptcl.model.batching import left_pad
     from tests.helpers.models import tiny_gemma3
 
     prefix = list(range(10, 22))

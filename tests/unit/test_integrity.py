@@ -1,4 +1,5 @@
-"""Artifacts that prove they are whole (promptcl.integrity, promptcl.verify): atomic writes that
+"""Artifacts that prove they are whole (promptcl.store.integrity, promptcl.store.verify): atomic
+writes that
 never leave a final-named artifact after a full disk, a failed flush, a file-size limit or a
 killed process; checksum records; consumers that name the damaged file, its rule and the rerun;
 ``python -m promptcl verify`` on a results folder."""
@@ -17,10 +18,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from promptcl import integrity
-from promptcl.integrity import DamagedArtifactError
 from promptcl.show import main as cli
-from promptcl.verify import verify_results
+from promptcl.store import integrity
+from promptcl.store.integrity import DamagedArtifactError
+from promptcl.store.verify import verify_results
 from tests.helpers import REPO
 
 RUN = "seq-inclora-original-s0"
@@ -183,7 +184,7 @@ def test_a_job_s_inputs_are_checked_all_at_once_and_user_files_are_left_alone(tm
 
 
 def test_loading_a_damaged_adapter_names_it_before_peft_reads_it(tmp_path):
-    from promptcl.modeling import attach_adapters
+    from promptcl.model.modeling import attach_adapters
 
     results = results_tree(tmp_path)
     adapter = results / RUN / "stage_1/adapter"
@@ -235,7 +236,7 @@ def test_a_full_disk_while_building_a_folder_leaves_no_folder(tmp_path):
 
 
 def test_a_failed_adapter_save_leaves_no_adapter_folder(tmp_path):
-    from promptcl.adapters import save_adapter
+    from promptcl.model.adapters import save_adapter
 
     class FullDisk:
         def save_pretrained(self, folder, **kwargs):
@@ -267,7 +268,7 @@ def test_a_file_size_limit_hit_by_the_native_writers_leaves_no_artifact(tmp_path
         """
         import resource, signal
         import pandas as pd
-        from promptcl import integrity
+        from promptcl.store import integrity
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
         big = pd.DataFrame({"x": [str(i) * 20 for i in range(100_000)]})
@@ -295,7 +296,7 @@ def test_a_job_killed_while_writing_leaves_only_a_temporary_that_the_next_write_
     child = _child(
         """
         import time
-        from promptcl import integrity
+        from promptcl.store import integrity
         with integrity.atomic_path("results/tasks/task1/train.parquet") as tmp:
             with open(tmp, "wb") as fh:
                 fh.write(b"PAR1" * 1000)
@@ -368,7 +369,7 @@ def test_verify_passes_a_whole_folder_and_names_each_damaged_artifact_and_the_re
 
 
 def test_verify_checks_the_model_folder_against_its_fingerprints(tmp_path, capsys):
-    from promptcl.hashing import file_fingerprint
+    from promptcl.store.hashing import file_fingerprint
 
     results = tmp_path / "results"
     model = results / "model/hf"

@@ -11,12 +11,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from promptcl import launch
-from promptcl.adapters import save_adapter
-from promptcl.data import encode_table
-from promptcl.launch import TrainingInterrupted, process_count, torchrun_command
 from promptcl.methods import build_stage_model
-from promptcl.trainer import fit
+from promptcl.model.adapters import save_adapter
+from promptcl.train import launch
+from promptcl.train.data import encode_table
+from promptcl.train.launch import TrainingInterrupted, process_count, torchrun_command
+from promptcl.train.trainer import fit
 from tests.helpers.stages import FMT, LORA, spec, table, train
 
 

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from promptcl.likelihood import LIKELIHOOD_COLUMNS, answer_choices, likelihood_table
-from promptcl.modeling import load_state
-from promptcl.prompting import IGNORE_INDEX, PromptFormat, encode
+from promptcl.evaluate.likelihood import LIKELIHOOD_COLUMNS, answer_choices, likelihood_table
+from promptcl.model.modeling import load_state
+from promptcl.prompts.prompting import IGNORE_INDEX, PromptFormat, encode
 
 FMT = PromptFormat()
 
@@ -122,7 +122,7 @@ def direct_sums(model, item) -> list[tuple[float, int]]:
 def test_sliding_window_models_score_each_item_as_whole_sequences():
     """Gemma 3's sliding-window cache is not copied between rows: each item's answers are one
     batch of whole sequences, with the same numbers."""
-    from promptcl.likelihood import Item, _copyable, answer_log_likelihoods
+    from promptcl.evaluate.likelihood import Item, _copyable, answer_log_likelihoods
     from tests.helpers.models import tiny_gemma3
 
     model = tiny_gemma3(window=4).eval()

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from promptcl.metrics import (
+from promptcl.analysis.metrics import (
     BINARY_METRICS,
     METRICS,
     OUTCOMES,
@@ -353,7 +353,7 @@ def test_one_letter_answers_are_not_erased_by_article_removal():
 
 def test_multiple_choice_task_scores_letters(tmp_path):
     """task073 (CommonsenseQA): references are the letters A-E."""
-    from promptcl.tasks import TaskSource, read_split, resolve_task
+    from promptcl.tasks.files import TaskSource, read_split, resolve_task
     from tests.helpers import REPO
 
     files = resolve_task("task073", [TaskSource("superni", REPO / "resources/tasks/superni")])

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from promptcl.devices import resolve_precision
-from promptcl.modeling import (
+from promptcl.model.devices import resolve_precision
+from promptcl.model.modeling import (
     ModelSourceError,
     ModelSpec,
     load_state,
@@ -16,7 +16,7 @@ from promptcl.modeling import (
     locate_package_gguf,
     prepare_model,
 )
-from promptcl.prompting import PromptFormat, encode
+from promptcl.prompts.prompting import PromptFormat, encode
 
 
 @pytest.mark.slow
@@ -72,10 +72,10 @@ def test_cpu_training_attention_is_exact_for_short_and_long_keys(tiny_model_dir,
     logits of a left-padded batch."""
     import torch
 
-    from promptcl import attention
-    from promptcl.batching import left_pad, positions
-    from promptcl.devices import resolve_attention
-    from promptcl.modeling import load_state, use_attention
+    from promptcl.model import attention
+    from promptcl.model.batching import left_pad, positions
+    from promptcl.model.devices import resolve_attention
+    from promptcl.model.modeling import load_state, use_attention
 
     assert resolve_attention("cpu_dispatch", training=True, device_type="cpu") == attention.NAME
     assert resolve_attention("auto", training=True, device_type="cpu") == attention.NAME

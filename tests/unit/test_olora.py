@@ -9,9 +9,6 @@ import pytest
 import torch
 from peft.tuners.lora import LoraLayer
 
-from promptcl import trainer as trainer_module
-from promptcl.adapters import save_adapter
-from promptcl.batching import PadCollator
 from promptcl.methods import METHODS, build_stage_model
 from promptcl.methods.olora import (
     OLoraSpec,
@@ -20,8 +17,11 @@ from promptcl.methods.olora import (
     lora_pairs,
     orthogonality_penalty,
 )
-from promptcl.modeling import adapter_name
-from promptcl.specs import LoraSpec
+from promptcl.model.adapters import save_adapter
+from promptcl.model.batching import PadCollator
+from promptcl.model.modeling import adapter_name
+from promptcl.train import trainer as trainer_module
+from promptcl.train.specs import LoraSpec
 
 # r=2 keeps the hand computations small; hidden size 32 → A is (2, 32); B is (32, 2) for
 # q_proj and (16, 2) for v_proj (2 kv heads × head dim 8).
@@ -248,7 +248,7 @@ def test_stage_trainer_adds_one_penalty_per_update(
     """
     from transformers import TrainerCallback, TrainingArguments
 
-    from promptcl.trainer import _make_trainer_class
+    from promptcl.train.trainer import _make_trainer_class
 
     divisors: list[int] = []
     real_divisor = trainer_module.penalty_divisor

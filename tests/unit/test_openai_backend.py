@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from promptcl.backends import OpenAIBackend
-from promptcl.paraphrase import (
+from promptcl.prompts.backends import OpenAIBackend
+from promptcl.prompts.paraphrase import (
     FatalBackendError,
     ReplyCache,
     Request,

@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from promptcl.backends import LocalBackend
-from promptcl.candidates import (
+from promptcl.prompts.backends import LocalBackend
+from promptcl.prompts.candidates import (
     COLUMNS,
     CandidateError,
     heldout_prompts,
@@ -16,7 +16,7 @@ from promptcl.candidates import (
     require_valid,
     training_pool,
 )
-from promptcl.paraphrase import (
+from promptcl.prompts.paraphrase import (
     ReplyCache,
     Request,
     ValidationSpec,
@@ -30,7 +30,7 @@ from promptcl.paraphrase import (
     parse_reply,
     validate,
 )
-from promptcl.pools import PoolFormatError, load_pool
+from promptcl.prompts.pools import PoolFormatError, load_pool
 from tests.helpers import REPO
 
 ORIGINAL = 'Classify the review as "POS" if it is positive or as "NEG" if it is negative.'

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from promptcl import stats
-from promptcl.power import (
+from promptcl.analysis import stats
+from promptcl.analysis.power import (
     item_sd,
     items_needed,
     paired_item_sd,

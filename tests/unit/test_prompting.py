@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from promptcl.prompting import (
+from promptcl.prompts.prompting import (
     IGNORE_INDEX,
     PromptFormat,
     answer_text,

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from promptcl.readability import flesch_kincaid_grade, sentences, syllables, words
+from promptcl.prompts.readability import flesch_kincaid_grade, sentences, syllables, words
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
-from promptcl.modeling import load_state
-from promptcl.prompting import PromptFormat, encode
-from promptcl.scoring import SCORE_COLUMNS, encode_pairs, score_candidates, sequence_losses
+from promptcl.evaluate.scoring import SCORE_COLUMNS, encode_pairs, score_candidates, sequence_losses
+from promptcl.model.modeling import load_state
+from promptcl.prompts.prompting import PromptFormat, encode
 
 FMT = PromptFormat()
 CANDIDATES = [(0, "Say yes or no."), (1, "Answer with yes or no, please."), (4, "Reply: yes/no.")]
@@ -134,9 +134,9 @@ def test_left_padding_keeps_positions_with_absolute_position_embeddings(
 def test_shared_prefix_scoring_equals_the_whole_sequences(model, tiny_tokenizer, table):
     """One candidate's instances share its template and instruction: computed once, the answer
     logits equal those of the whole left-padded sequences (fp32)."""
-    from promptcl.batching import left_pad
-    from promptcl.inference import MIN_SHARED_PREFIX, shared_prefix
-    from promptcl.scoring import answer_logits
+    from promptcl.evaluate.inference import MIN_SHARED_PREFIX, shared_prefix
+    from promptcl.evaluate.scoring import answer_logits
+    from promptcl.model.batching import left_pad
 
     pairs = encode_pairs(tiny_tokenizer, FMT, table, CANDIDATES[1:2])
     ids, mask = left_pad([p[2] for p in pairs], tiny_tokenizer.pad_token_id)
@@ -185,7 +185,7 @@ def test_bf16_scores_do_not_depend_on_batch_size_or_composition(tiny_model_dir, 
 
 
 def test_rank_columns_per_criterion():
-    from promptcl.scoring import rank_columns
+    from promptcl.evaluate.scoring import rank_columns
 
     scores = pd.DataFrame(
         {

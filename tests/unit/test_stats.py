@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats as sp
 
-from promptcl.stats import (
+from promptcl.analysis.stats import (
     BranchSample,
     bootstrap_ci,
     bootstrap_indices,
@@ -149,7 +149,7 @@ SEEDS_B = [49.0, 47.9, 51.2, 50.1]
 
 
 def test_t_interval_equals_scipy():
-    from promptcl.stats import t_interval
+    from promptcl.analysis.stats import t_interval
 
     row = t_interval(SEEDS_A)
     low, high = sp.t.interval(0.95, 3, loc=np.mean(SEEDS_A), scale=sp.sem(SEEDS_A))
@@ -161,7 +161,7 @@ def test_t_interval_equals_scipy():
 
 
 def test_paired_t_test_equals_scipy_ttest_rel():
-    from promptcl.stats import paired_t_test
+    from promptcl.analysis.stats import paired_t_test
 
     found = paired_t_test(SEEDS_A, SEEDS_B)
     expected = sp.ttest_rel(SEEDS_A, SEEDS_B)
@@ -180,7 +180,7 @@ def test_paired_t_test_equals_scipy_ttest_rel():
 
 
 def test_holm_on_a_hand_example():
-    from promptcl.stats import holm
+    from promptcl.analysis.stats import holm
 
     # sorted p: 0.01 (×4 = 0.04), 0.02 (×3 = 0.06), 0.03 (×2 = 0.06, kept monotone), 0.5 (×1)
     adjusted = holm([0.03, 0.5, 0.01, float("nan"), 0.02])
@@ -189,7 +189,7 @@ def test_holm_on_a_hand_example():
 
 
 def test_bootstrap_p_is_the_normal_approximation_with_the_bootstrap_se():
-    from promptcl.stats import bootstrap_p
+    from promptcl.analysis.stats import bootstrap_p
 
     draws = np.random.default_rng(0).normal(1.0, 0.5, size=4000)
     se = draws.std(ddof=1)
@@ -207,7 +207,7 @@ def test_bootstrap_p_is_the_normal_approximation_with_the_bootstrap_se():
 def test_mde_z_is_the_normal_quantile_sum_times_the_se():
     from statistics import NormalDist
 
-    from promptcl.stats import POWER, mde_z
+    from promptcl.analysis.stats import POWER, mde_z
 
     z = NormalDist().inv_cdf
     assert POWER == 0.8
@@ -219,7 +219,7 @@ def test_mde_z_is_the_normal_quantile_sum_times_the_se():
 
 
 def test_mde_z_is_detected_with_80_percent_power_in_simulation():
-    from promptcl.stats import bootstrap_p, mde_z
+    from promptcl.analysis.stats import bootstrap_p, mde_z
 
     se, alpha = 2.5, 0.05 / 14
     estimates = np.random.default_rng(0).normal(mde_z(se, alpha), se, size=2000)
@@ -233,7 +233,7 @@ def test_mde_z_is_detected_with_80_percent_power_in_simulation():
 def test_mde_t_solves_the_noncentral_t_and_exceeds_the_usual_approximation():
     from statistics import NormalDist
 
-    from promptcl.stats import mde_t
+    from promptcl.analysis.stats import mde_t
 
     sd, n, alpha = 3.0, 4, 0.05 / 7
     mde = mde_t(sd, n, alpha)
@@ -251,7 +251,7 @@ def test_mde_t_solves_the_noncentral_t_and_exceeds_the_usual_approximation():
 
 @pytest.mark.parametrize("n", [2, 3, 8])
 def test_mde_t_is_detected_with_80_percent_power_in_simulation(n):
-    from promptcl.stats import mde_t
+    from promptcl.analysis.stats import mde_t
 
     sd, alpha, runs = 4.0, 0.05 / 7, 2000
     mde = mde_t(sd, n, alpha)
@@ -265,7 +265,7 @@ def test_mde_t_is_detected_with_80_percent_power_in_simulation(n):
 
 
 def test_bootstrap_se_is_the_sd_of_the_finite_resamples():
-    from promptcl.stats import bootstrap_se
+    from promptcl.analysis.stats import bootstrap_se
 
     draws = np.array([1.0, 2.0, np.nan, 4.0])
     assert bootstrap_se(draws) == pytest.approx(np.std([1.0, 2.0, 4.0], ddof=1))

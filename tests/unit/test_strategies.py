@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from promptcl.candidates import COLUMNS, training_ids
+from promptcl.prompts.candidates import COLUMNS, training_ids
 from promptcl.strategies import (
     STRATEGIES,
     PaftSampler,

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sp
 
-from promptcl.stats import BranchSample, mean_correlation_ci, sd_interval
+from promptcl.analysis.stats import BranchSample, mean_correlation_ci, sd_interval
 from promptcl.study.analysis import (
     PREDICTORS,
     gradient_groups,

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from promptcl.inference import GenerationSpec
-from promptcl.modeling import load_state
-from promptcl.prompting import PromptFormat
-from promptcl.scoring import encode_pairs, sequence_stats
+from promptcl.evaluate.inference import GenerationSpec
+from promptcl.evaluate.scoring import encode_pairs, sequence_stats
+from promptcl.model.modeling import load_state
+from promptcl.prompts.prompting import PromptFormat
 from promptcl.study.measures import (
     MEASURES,
     MeasureSpec,

@@ -10,9 +10,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from promptcl.metrics import majority_rate
-from promptcl.task_tables import apply_cap
-from promptcl.tasks import (
+from promptcl.analysis.metrics import majority_rate
+from promptcl.tasks.files import (
     SPLITS,
     TABLE_COLUMNS,
     TaskFiles,
@@ -22,6 +21,7 @@ from promptcl.tasks import (
     read_split,
     resolve_task,
 )
+from promptcl.tasks.tables import apply_cap
 from tests.helpers import REPO
 
 BUNDLED = REPO / "resources" / "tasks"

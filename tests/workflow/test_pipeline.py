@@ -10,7 +10,7 @@ import pytest
 import yaml
 from peft import PeftModel
 
-from promptcl.modeling import load_base_model
+from promptcl.model.modeling import load_base_model
 from tests.helpers.workflow import (
     RUN,
     SEQUENCE,

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from promptcl.metrics import METRICS
+from promptcl.analysis.metrics import METRICS
 from tests.helpers import REPO
 
 pytestmark = pytest.mark.browser

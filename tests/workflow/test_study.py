@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from promptcl.candidates import training_ids
+from promptcl.prompts.candidates import training_ids
 from promptcl.study.measures import MEASURES
 from tests.helpers.workflow import SEQUENCE, snakemake
 

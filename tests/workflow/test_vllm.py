@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from promptcl.evaluation import PredictJob, predict_tasks
-from promptcl.inference import GenerationSpec
-from promptcl.prompting import PromptFormat
+from promptcl.evaluate.evaluation import PredictJob, predict_tasks
+from promptcl.evaluate.inference import GenerationSpec
+from promptcl.prompts.prompting import PromptFormat
 from tests.helpers import REPO
 from tests.helpers.models import build_tiny_model
 from tests.helpers.workflow import SEQUENCE, snakemake, tiny_config, write_config
@@ -59,7 +59,7 @@ def hf_predictions(work: Path, adapters: list[str], stage: int):
     config = vllm_config(Path("unused"))
     tasks = SEQUENCE + UNSEEN
     records = [str(work / f"results/{RUN}/stage_{k}/adapter") for k in range(1, stage + 1)]
-    from promptcl.evaluation import trained_prompts
+    from promptcl.evaluate.evaluation import trained_prompts
 
     job = PredictJob(
         tasks=tasks,

@@ -2,6 +2,6 @@
 
 import sys
 
-from .show import main
+from promptcl.show import main
 
 sys.exit(main())

@@ -1,6 +1,7 @@
 """``python -m promptcl show PATH``: any artifact of a run, readable without writing pandas
-(and ``python -m promptcl power [results]``: :mod:`promptcl.power`; ``python -m promptcl verify
-[results]``: :mod:`promptcl.verify`).
+(and ``python -m promptcl power [results]``: :mod:`promptcl.analysis.power`; ``python -m promptcl
+verify
+[results]``: :mod:`promptcl.store.verify`).
 
 - an accuracy matrix: R per protocol and metric as stage × task, "score±se", chance level beneath;
 - any other parquet: its shape, then the rows (long texts shortened, wide tables wrapped);
@@ -17,8 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import paths
-from .aggregate import PROTOCOLS
+from promptcl.analysis.aggregate import PROTOCOLS
+from promptcl.dag import paths
 
 TEXT_WIDTH = 60
 
@@ -44,7 +45,7 @@ def show_table(table: pd.DataFrame, max_rows: int = 60) -> str:
 
 def show_matrix(cells: pd.DataFrame) -> str:
     """R of a run for every protocol and metric present."""
-    from .summary_text import format_matrix
+    from promptcl.analysis.summary_text import format_matrix
 
     run = cells["run"].iloc[0] if "run" in cells and len(cells) else "?"
     parts = [f"Accuracy matrix of run {run} (rows: after stage i, 0 = base model)"]
@@ -104,13 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "verify":
-            from .verify import report as verify_report
+            from promptcl.store.verify import report as verify_report
 
             text, status = verify_report(args.results)
             sys.stdout.write(text)
             return status
         if args.command == "power":
-            from .power import report
+            from promptcl.analysis.power import report
 
             sys.stdout.write(report(args.results))
         else:

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..aggregate import PROTOCOLS, matrix
-from ..metrics import metric as spec_of
-from ..summary_text import readable_verdict
-from .style import COLORS, new_figure, save
+from promptcl.analysis.aggregate import PROTOCOLS, matrix
+from promptcl.analysis.metrics import metric as spec_of
+from promptcl.analysis.summary_text import readable_verdict
+from promptcl.figures.style import COLORS, new_figure, save
 
 #: The summary's measures compared across runs (each has a standard-error column).
 COMPARED = ("AP", "BWT", "FWT", "F", "plasticity", "ACC", "unseen_mean")

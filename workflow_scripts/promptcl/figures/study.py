@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .style import COLORS, new_figure, save
+from promptcl.figures.style import COLORS, new_figure, save
 
 ROLE_COLORS = {"T2": "#1f77b4", "T2_trained": "#17becf", "T1": "#d62728", "unseen": "#ff7f0e"}
 

@@ -22,16 +22,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..specs import LoraSpec
-from .base import CONFIG_KEY, Method
-from .ewc import EWC
-from .inclora import IncLoRA
-from .lwf import LwF
-from .multitask import Multitask
-from .olora import OLoRA
-from .replay import Replay
-from .seqlora import SeqLoRA
-from .single import Single
+from promptcl.methods.base import CONFIG_KEY, Method
+from promptcl.methods.ewc import EWC
+from promptcl.methods.inclora import IncLoRA
+from promptcl.methods.lwf import LwF
+from promptcl.methods.multitask import Multitask
+from promptcl.methods.olora import OLoRA
+from promptcl.methods.replay import Replay
+from promptcl.methods.seqlora import SeqLoRA
+from promptcl.methods.single import Single
+from promptcl.train.specs import LoraSpec
 
 METHODS: dict[str, Method] = {
     m.name: m

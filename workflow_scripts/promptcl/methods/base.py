@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
-from ..specs import LoraSpec, TrainSpec
+from promptcl.train.specs import LoraSpec, TrainSpec
 
 CONFIG_KEY = "runs.methods"
 
@@ -73,7 +73,7 @@ class Method:
 
     def _refuse_zero3(self, train: TrainSpec, reads: str) -> None:
         """ZeRO-3 shards the LoRA weights a penalty reads outside the forward pass."""
-        from ..trainer import zero_stage
+        from promptcl.train.trainer import zero_stage
 
         if train.deepspeed and zero_stage(train.deepspeed) == 3:
             raise ValueError(
@@ -100,7 +100,7 @@ class Method:
         raise NotImplementedError
 
     def penalty(self, stage: int, options: dict, previous: Sequence[Path] = ()):
-        """A weight penalty added once per optimiser update (see promptcl.trainer), or None.
+        """A weight penalty added once per optimiser update (see promptcl.train.trainer), or None.
 
         ``previous``: the adapter folders of :meth:`state_before` (what EWC anchors to)."""
         return None
@@ -137,7 +137,7 @@ class Method:
 def _base(model_dir: Path, precision: str, trust_remote_code: bool, seed: int):
     from transformers import set_seed
 
-    from ..modeling import load_base_model
+    from promptcl.model.modeling import load_base_model
 
     model = load_base_model(model_dir, precision, trust_remote_code)
     set_seed(seed)

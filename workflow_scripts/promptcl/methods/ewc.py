@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .seqlora import SeqLoRA
+from promptcl.methods.seqlora import SeqLoRA
 
 if TYPE_CHECKING:
     import torch
@@ -160,7 +160,7 @@ class EWC(SeqLoRA):
         self._refuse_zero3(train, "LoRA weights")
 
     def penalty(self, stage: int, options: dict, previous=()):
-        from ..modeling import adapter_name
+        from promptcl.model.modeling import adapter_name
 
         if not previous:
             return None
@@ -178,7 +178,7 @@ class EWC(SeqLoRA):
     def finish(
         self, model, dataset, collator, stage, options, out_dir, precision="fp32", previous=()
     ):
-        from ..modeling import adapter_name
+        from promptcl.model.modeling import adapter_name
 
         spec = EwcSpec.from_config(options["ewc"])
         n = (

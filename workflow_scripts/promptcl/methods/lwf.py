@@ -18,8 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..prompting import IGNORE_INDEX
-from .inclora import IncLoRA
+from promptcl.methods.inclora import IncLoRA
+from promptcl.prompts.prompting import IGNORE_INDEX
 
 if TYPE_CHECKING:
     import torch
@@ -100,7 +100,7 @@ class LwF(IncLoRA):
     def loss_term(self, stage: int, options: dict):
         import torch
 
-        from ..modeling import adapter_name
+        from promptcl.model.modeling import adapter_name
 
         spec = LwfSpec.from_config(options["lwf"])
         adapter = adapter_name(stage)

@@ -8,7 +8,7 @@ AP (and the unseen-task mean) is defined, the metrics that need intermediate row
 
 from __future__ import annotations
 
-from .single import Single
+from promptcl.methods.single import Single
 
 
 class Multitask(Single):

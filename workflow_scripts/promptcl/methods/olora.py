@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .inclora import IncLoRA
+from promptcl.methods.inclora import IncLoRA
 
 if TYPE_CHECKING:
     import torch
@@ -227,7 +227,7 @@ class OLoRA(IncLoRA):
         self._refuse_zero3(train, "LoRA A matrices")
 
     def penalty(self, stage: int, options: dict, previous=()):
-        from ..modeling import adapter_name
+        from promptcl.model.modeling import adapter_name
 
         spec = OLoraSpec.from_config(options["olora"], stage)
         new, earlier = adapter_name(stage), [adapter_name(i) for i in range(1, stage)]

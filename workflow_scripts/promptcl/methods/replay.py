@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .seqlora import SeqLoRA
+from promptcl.methods.seqlora import SeqLoRA
 
 PROMPTS = ("trained", "original")
 
@@ -136,7 +136,7 @@ def replayed_candidate(record_dir: str, task: str) -> int:
     import json
     from pathlib import Path
 
-    from .. import paths
+    from promptcl.dag import paths
 
     record = json.loads((Path(record_dir) / paths.STAGE_RECORD).read_text())
     prompts = record.get("evaluation_prompts") or {record["task"]: record["evaluation_prompt"]}
@@ -154,15 +154,16 @@ def replay_parts(
     seed: tuple[int, int],
 ) -> tuple[list[dict], list]:
     """(what was replayed, one dataset per earlier task) for stage ``seed[1]`` whose current
-    task has ``current`` training examples; ``companions`` as in :class:`promptcl.job.StageJob`.
+    task has ``current`` training examples; ``companions`` as in
+    :class:`promptcl.train.job.StageJob`.
 
     Task j replays min(its share here, its buffer) rows: its share at stage j + 1 fixes the
     buffer, so the stage-(j + 1) task's size is needed (the current one when j + 1 is this stage,
     else an earlier companion's; with ``replay.fraction`` the share depends on it)."""
     import pandas as pd
 
-    from .. import candidates as cands
-    from ..data import PromptedDataset, encode_table
+    from promptcl.prompts import candidates as cands
+    from promptcl.train.data import PromptedDataset, encode_table
 
     if not companions:
         return [], []

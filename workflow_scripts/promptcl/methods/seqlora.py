@@ -3,7 +3,7 @@ forgetting: the lower reference)."""
 
 from __future__ import annotations
 
-from .base import Method, _base
+from promptcl.methods.base import Method, _base
 
 
 class SeqLoRA(Method):
@@ -21,7 +21,7 @@ class SeqLoRA(Method):
     def build_model(
         self, model_dir, previous, lora, stage, precision="fp32", trust_remote_code=False, seed=0
     ):
-        from ..adapters import continued_lora, new_lora
+        from promptcl.model.adapters import continued_lora, new_lora
 
         self._check_previous(stage, previous)
         base = _base(model_dir, precision, trust_remote_code, seed)

@@ -5,7 +5,7 @@ continual."""
 
 from __future__ import annotations
 
-from .base import Method, _base
+from promptcl.methods.base import Method, _base
 
 
 class Single(Method):
@@ -23,7 +23,7 @@ class Single(Method):
     def build_model(
         self, model_dir, previous, lora, stage, precision="fp32", trust_remote_code=False, seed=0
     ):
-        from ..adapters import new_lora
+        from promptcl.model.adapters import new_lora
 
         self._check_previous(stage, previous)
         return new_lora(_base(model_dir, precision, trust_remote_code, seed), lora, stage)

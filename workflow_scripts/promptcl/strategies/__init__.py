@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .. import candidates as cands
-from .base import CONFIG_KEY, PlanContext, Strategy, TrainingPlan
-from .fixed import Fixed
-from .original import Original
-from .paft import Paft, PaftSampler
-from .sapo import CRITERIA, Sapo, SapoOptions, select_sapo
+from promptcl.prompts import candidates as cands
+from promptcl.strategies.base import CONFIG_KEY, PlanContext, Strategy, TrainingPlan
+from promptcl.strategies.fixed import Fixed
+from promptcl.strategies.original import Original
+from promptcl.strategies.paft import Paft, PaftSampler
+from promptcl.strategies.sapo import CRITERIA, Sapo, SapoOptions, select_sapo
 
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (Original(), Sapo(), Paft(), Fixed())}
 

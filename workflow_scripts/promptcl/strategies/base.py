@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import pandas as pd
 
-from .. import candidates as cands
+from promptcl.prompts import candidates as cands
 
 CONFIG_KEY = "runs.prompt_strategies"
 
@@ -22,7 +22,7 @@ class PlanContext:
     """Everything a strategy may use to plan a stage's training data."""
 
     tokenizer: object
-    fmt: object  # promptcl.prompting.PromptFormat
+    fmt: object  # promptcl.prompts.prompting.PromptFormat
     table: pd.DataFrame  # the stage's task table (training split)
     candidates: pd.DataFrame  # the task's candidate table (all rows)
     scores: pd.DataFrame | None  # pre-update scores on the stage's starting state, if needed
@@ -34,7 +34,7 @@ class PlanContext:
 
     def encode(self, ids) -> dict[int, list[dict]]:
         """The table encoded once per candidate id (answer-only labels)."""
-        from ..data import encode_candidates
+        from promptcl.train.data import encode_candidates
 
         return encode_candidates(
             self.tokenizer,

@@ -3,7 +3,7 @@ wording does (the prompt-impact study trains one run per candidate this way)."""
 
 from __future__ import annotations
 
-from .base import Strategy, require_training_candidate
+from promptcl.strategies.base import Strategy, require_training_candidate
 
 
 class Fixed(Strategy):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..candidates import ORIGINAL_ID
-from .base import Strategy, require_training_candidate
+from promptcl.prompts.candidates import ORIGINAL_ID
+from promptcl.strategies.base import Strategy, require_training_candidate
 
 
 class Original(Strategy):

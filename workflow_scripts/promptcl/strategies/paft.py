@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .. import candidates as cands
-from .base import PlanContext, Strategy, TrainingPlan
+from promptcl.prompts import candidates as cands
+from promptcl.strategies.base import PlanContext, Strategy, TrainingPlan
 
 
 class PaftSampler:

@@ -19,12 +19,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import candidates as cands
-from .base import PlanContext, Strategy, TrainingPlan, single_prompt_plan
+from promptcl.prompts import candidates as cands
+from promptcl.strategies.base import PlanContext, Strategy, TrainingPlan, single_prompt_plan
 
 log = logging.getLogger(__name__)
 HISTORY_FILE = "sapo_history.json"
-#: The score column each SAPO criterion ranks by (see :func:`promptcl.scoring.score_candidates`).
+#: The score column each SAPO criterion ranks by (see
+#: :func:`promptcl.evaluate.scoring.score_candidates`).
 #: batch_mean is the reference's Trainer eval loss over consecutive blocks of its per-device
 #: evaluation batch; instance_mean weights every instance, token_mean every answer token equally.
 CRITERIA = {
@@ -195,7 +196,7 @@ class Sapo(Strategy):
         pairs = cands.training_texts(ctx.candidates)
 
         def scorer(model) -> pd.DataFrame:
-            from ..scoring import score_candidates
+            from promptcl.evaluate.scoring import score_candidates
 
             return score_candidates(
                 model,
@@ -225,6 +226,6 @@ class Sapo(Strategy):
 def _latest_checkpoint(state_dir: Path | None) -> str | None:
     if state_dir is None:
         return None
-    from ..trainer import latest_checkpoint
+    from promptcl.train.trainer import latest_checkpoint
 
     return latest_checkpoint(state_dir)

@@ -1,6 +1,6 @@
 """The study's tables: outcomes per candidate, and the four analyses of the SAPO paper's Section 3
 ((a) spread, (b) outcome correlations, (c) pre-update predictors, (d) gradient cosines), with
-intervals over candidates (torch-free; numbers from :mod:`promptcl.stats`).
+intervals over candidates (torch-free; numbers from :mod:`promptcl.analysis.stats`).
 
 Roles of an outcome task in a branch: ``T1`` (trained first: forgetting), ``T2`` (trained with
 the candidate, evaluated with the original prompt), ``T2_trained`` (evaluated with the prompt it
@@ -15,7 +15,7 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from ..stats import (
+from promptcl.analysis.stats import (
     CORRELATIONS,
     BranchSample,
     bootstrap_ci,

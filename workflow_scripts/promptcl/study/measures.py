@@ -21,13 +21,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..inference import GenerationSpec, autocast, predict_table
-from ..likelihood import likelihood_table
-from ..metrics import metric as spec_of
-from ..metrics import rouge_l, score_predictions
-from ..prompting import IGNORE_INDEX, PromptFormat
-from ..readability import flesch_kincaid_grade
-from ..scoring import (
+from promptcl.evaluate.inference import GenerationSpec, autocast, predict_table
+from promptcl.evaluate.likelihood import likelihood_table
+from promptcl.analysis.metrics import metric as spec_of
+from promptcl.analysis.metrics import rouge_l, score_predictions
+from promptcl.prompts.prompting import IGNORE_INDEX, PromptFormat
+from promptcl.prompts.readability import flesch_kincaid_grade
+from promptcl.evaluate.scoring import (
     answer_logits,
     encode_pairs,
     rank_columns,
