@@ -8,8 +8,8 @@ import pandas as pd
 from promptcl.dag import paths
 from promptcl.figures.runs import candidate_losses
 from promptcl.model.runtime import job_logging
+from promptcl.prompts.scores import CRITERIA
 from promptcl.store.integrity import verify_inputs
-from promptcl.strategies import CRITERIA
 
 
 def main(snakemake) -> None:

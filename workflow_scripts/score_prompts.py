@@ -4,10 +4,11 @@ import json
 
 import pandas as pd
 
-from promptcl.evaluate.scoring import ScoringStats, rank_columns, score_candidates
+from promptcl.evaluate.scoring import ScoringStats, score_candidates
 from promptcl.model.runtime import input_list, job_logging, load_job_state
 from promptcl.prompts.candidates import training_texts
 from promptcl.prompts.prompting import PromptFormat
+from promptcl.prompts.scores import rank_columns
 from promptcl.store.integrity import verify_inputs, write_parquet
 
 

@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 import torch
 
-from promptcl.evaluate.scoring import SCORE_COLUMNS, encode_pairs, score_candidates, sequence_losses
+from promptcl.evaluate.scoring import encode_pairs, score_candidates, sequence_losses
 from promptcl.model.modeling import load_state
 from promptcl.prompts.prompting import PromptFormat, encode
+from promptcl.prompts.scores import SCORE_COLUMNS
 
 FMT = PromptFormat()
 CANDIDATES = [(0, "Say yes or no."), (1, "Answer with yes or no, please."), (4, "Reply: yes/no.")]
@@ -185,7 +186,7 @@ def test_bf16_scores_do_not_depend_on_batch_size_or_composition(tiny_model_dir, 
 
 
 def test_rank_columns_per_criterion():
-    from promptcl.evaluate.scoring import rank_columns
+    from promptcl.prompts.scores import rank_columns
 
     scores = pd.DataFrame(
         {

@@ -22,17 +22,7 @@ from tqdm.auto import tqdm
 from promptcl.evaluate.inference import autocast, prefill
 from promptcl.model.batching import left_pad
 from promptcl.prompts.prompting import IGNORE_INDEX, PromptFormat, encode_rows
-from promptcl.strategies import CRITERIA
-
-SCORE_COLUMNS = [
-    "candidate_id",
-    "mean_batch_loss",
-    "mean_instance_loss",
-    "mean_token_loss",
-    "tokens",
-    "instances",
-    "answer_accuracy",
-]
+from promptcl.prompts.scores import SCORE_COLUMNS
 
 
 @dataclass
@@ -197,13 +187,3 @@ def score_candidates(
         }
     ).reset_index()
     return out[SCORE_COLUMNS]
-
-
-def rank_columns(scores: pd.DataFrame) -> pd.DataFrame:
-    """``rank_<criterion>`` (1 = lowest loss, ties to the lower id) for every criterion."""
-    out = scores.copy()
-    for criterion, column in CRITERIA.items():
-        order = out.sort_values([column, "candidate_id"], kind="stable").index
-        out.loc[order, f"rank_{criterion}"] = range(1, len(out) + 1)
-        out[f"rank_{criterion}"] = out[f"rank_{criterion}"].astype(int)
-    return out

@@ -21,12 +21,11 @@ from promptcl.strategies.base import CONFIG_KEY, PlanContext, Strategy, Training
 from promptcl.strategies.fixed import Fixed
 from promptcl.strategies.original import Original
 from promptcl.strategies.paft import Paft, PaftSampler
-from promptcl.strategies.sapo import CRITERIA, Sapo, SapoOptions, select_sapo
+from promptcl.strategies.sapo import Sapo, SapoOptions, select_sapo
 
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (Original(), Sapo(), Paft(), Fixed())}
 
 __all__ = [
-    "CRITERIA",
     "STRATEGIES",
     "PaftSampler",
     "PlanContext",

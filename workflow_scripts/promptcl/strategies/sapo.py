@@ -20,19 +20,11 @@ import numpy as np
 import pandas as pd
 
 from promptcl.prompts import candidates as cands
+from promptcl.prompts.scores import CRITERIA
 from promptcl.strategies.base import PlanContext, Strategy, TrainingPlan, single_prompt_plan
 
 log = logging.getLogger(__name__)
 HISTORY_FILE = "sapo_history.json"
-#: The score column each SAPO criterion ranks by (see
-#: :func:`promptcl.evaluate.scoring.score_candidates`).
-#: batch_mean is the reference's Trainer eval loss over consecutive blocks of its per-device
-#: evaluation batch; instance_mean weights every instance, token_mean every answer token equally.
-CRITERIA = {
-    "batch_mean": "mean_batch_loss",
-    "instance_mean": "mean_instance_loss",
-    "token_mean": "mean_token_loss",
-}
 
 
 @dataclass(frozen=True)

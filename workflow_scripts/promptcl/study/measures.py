@@ -27,10 +27,10 @@ from promptcl.analysis.metrics import metric as spec_of
 from promptcl.analysis.metrics import rouge_l, score_predictions
 from promptcl.prompts.prompting import IGNORE_INDEX, PromptFormat
 from promptcl.prompts.readability import flesch_kincaid_grade
+from promptcl.prompts.scores import rank_columns
 from promptcl.evaluate.scoring import (
     answer_logits,
     encode_pairs,
-    rank_columns,
     score_candidates,
     token_losses,
 )
