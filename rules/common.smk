@@ -11,9 +11,9 @@ min_version("9.14.1")
 WORKFLOW_DIR = Path(workflow.basedir).resolve()
 sys.path.insert(0, str(WORKFLOW_DIR / "workflow_scripts"))
 
-from promptcl.dag import paths  # noqa: E402
+from promptcl.store import paths  # noqa: E402
 from promptcl.dag.plan import WorkflowPlan  # noqa: E402
-from promptcl.dag.runs import ConfigError  # noqa: E402
+from promptcl.errors import ConfigError  # noqa: E402
 
 validate(config, schema="../config/schema.yaml")
 

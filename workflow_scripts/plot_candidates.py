@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from promptcl.dag import paths
 from promptcl.figures.runs import candidate_losses
 from promptcl.model.runtime import job_logging
 from promptcl.prompts.scores import CRITERIA
+from promptcl.store import paths
 from promptcl.store.integrity import verify_inputs
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from promptcl.analysis.metrics import METRICS
+from promptcl.analysis.metrics import REGISTRY
 from promptcl.figures.runs import forgetting_curves, loss_curves, matrix_heatmaps
 from promptcl.model.runtime import input_list, job_logging
 from promptcl.store.integrity import verify_inputs
@@ -12,7 +12,7 @@ from promptcl.store.integrity import verify_inputs
 
 def plot_run(matrix: Path, train_logs: list[Path], run: str, outputs: dict[str, Path]) -> None:
     cells = pd.read_parquet(matrix)
-    metrics = [m for m in METRICS if m in set(cells["metric"])]
+    metrics = [m for m in REGISTRY if m in set(cells["metric"])]
     matrix_heatmaps(cells, metrics, f"{run}: accuracy matrix R", outputs["matrix"])
     forgetting_curves(cells, metrics[0], f"{run}: each task's {metrics[0]}", outputs["forgetting"])
     logs = {k: pd.read_parquet(p) for k, p in enumerate(train_logs, start=1)}

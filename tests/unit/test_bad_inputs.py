@@ -12,7 +12,7 @@ import yaml
 from snakemake.utils import validate
 
 from promptcl.dag.plan import WorkflowPlan
-from promptcl.dag.runs import ConfigError
+from promptcl.errors import ConfigError
 from promptcl.tasks.files import TaskFormatError, TaskSource, read_split, resolve_task
 from promptcl.tasks.tables import build_task_tables, prompt_parts
 from tests.helpers import REPO

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from promptcl.dag import paths
 from promptcl.methods import METHODS, build_stage_model
 from promptcl.methods.ewc import (
     EwcSpec,
@@ -32,6 +31,7 @@ from promptcl.model.batching import PadCollator
 from promptcl.model.modeling import adapter_name, load_state
 from promptcl.prompts.candidates import make_table
 from promptcl.prompts.prompting import PromptFormat
+from promptcl.store import paths
 from promptcl.train.data import MixedDataset, PromptedDataset, encode_table
 from promptcl.train.specs import LoraSpec
 from tests.helpers import REPO

@@ -27,7 +27,7 @@ from snakemake.utils import validate
 
 from promptcl.analysis.metrics import normalize_answer
 from promptcl.dag.plan import WorkflowPlan
-from promptcl.dag.runs import ConfigError
+from promptcl.errors import ConfigError
 from promptcl.prompts.paraphrase import TemplateError, load_request_template
 from promptcl.prompts.pools import PoolFormatError, load_pool
 from promptcl.prompts.prompting import PromptFormat

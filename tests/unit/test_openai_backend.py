@@ -1,4 +1,4 @@
-"""OpenAIBackend against a real local HTTP server speaking the chat-completions protocol.
+"""OpenAIClient against a real local HTTP server speaking the chat-completions protocol.
 
 The server runs on 127.0.0.1 (ephemeral port) in a background thread, replies from a per-test
 script of canned responses (then a default reply derived from the request's seed) and records
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from promptcl.prompts.backends import OpenAIBackend
+from promptcl.prompts.backends.openai_compatible import OpenAIClient
 from promptcl.prompts.paraphrase import (
     FatalBackendError,
     ReplyCache,
@@ -63,11 +63,11 @@ def api_key(monkeypatch) -> str:
     return KEY
 
 
-def make_backend(server: ChatServer, **overrides) -> OpenAIBackend:
+def make_backend(server: ChatServer, **overrides) -> OpenAIClient:
     settings = dict(
         base_url=server.base_url, model=MODEL, api_key_env=KEY_ENV, timeout=5.0, max_retries=2
     )
-    return OpenAIBackend(**{**settings, **overrides})
+    return OpenAIClient(**{**settings, **overrides})
 
 
 def make_requests(n: int, seed: int = SEED, start: int = 0) -> list[Request]:
@@ -175,7 +175,7 @@ def test_connection_refused_becomes_request_failure(api_key, tmp_path):
     with socket.socket() as sock:  # a port nobody listens on once the socket is closed
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    backend = OpenAIBackend(
+    backend = OpenAIClient(
         base_url=f"http://127.0.0.1:{port}/v1", model=MODEL, api_key_env=KEY_ENV, max_retries=0
     )
     replies = collect_replies(backend, make_requests(1), ReplyCache(tmp_path))

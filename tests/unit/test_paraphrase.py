@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from promptcl.prompts.backends import LocalBackend
+from promptcl.prompts.backends.local import LocalGenerator
 from promptcl.prompts.candidates import (
     COLUMNS,
     CandidateError,
@@ -203,7 +203,7 @@ def test_candidates_from_replies_parses_and_validates(tmp_path):
 
 
 def test_local_backend_is_seeded_and_cached(tiny_model_dir, tmp_path):
-    backend = LocalBackend(model_dir=tiny_model_dir, model="tiny", max_new_tokens=8)
+    backend = LocalGenerator(model_dir=tiny_model_dir, model="tiny", max_new_tokens=8)
     requests = [Request("t", i, "Rewrite: say hi", seed=3) for i in range(2)]
     a = collect_replies(backend, requests, ReplyCache(tmp_path / "a")).texts
     b = collect_replies(backend, requests, ReplyCache(tmp_path / "b")).texts

@@ -11,10 +11,10 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from promptcl.dag import paths
 from promptcl.dag.plan import WorkflowPlan
-from promptcl.dag.runs import ConfigError
+from promptcl.errors import ConfigError
 from promptcl.methods import METHODS
+from promptcl.store import paths
 from promptcl.strategies import STRATEGIES
 from tests.helpers import REPO
 
@@ -39,7 +39,7 @@ def wc(**kw):
 def test_building_the_plan_never_imports_torch():
     code = (
         "import sys; sys.path.insert(0, 'workflow_scripts');"
-        "import promptcl.dag.plan, promptcl.methods, promptcl.strategies, promptcl.dag.paths;"
+        "import promptcl.dag.plan, promptcl.methods, promptcl.strategies, promptcl.store.paths;"
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)

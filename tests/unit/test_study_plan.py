@@ -9,10 +9,10 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from promptcl.dag import paths
 from promptcl.dag.plan import WorkflowPlan
-from promptcl.dag.runs import ConfigError
 from promptcl.dag.study_design import trained_candidates
+from promptcl.errors import ConfigError
+from promptcl.store import paths
 from tests.helpers import REPO
 
 

@@ -11,9 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from promptcl.analysis.metrics import METRICS
+from promptcl.analysis.metrics import REGISTRY
 from tests.helpers import REPO
 from tests.helpers.workflow import SEQUENCE, UNSEEN
+
+METRICS = tuple(REGISTRY)
 
 RUN = "tiny-inclora-sapo-s0"
 

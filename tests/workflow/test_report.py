@@ -9,8 +9,10 @@ import subprocess
 
 import pytest
 
-from promptcl.analysis.metrics import METRICS
+from promptcl.analysis.metrics import REGISTRY
 from tests.helpers import REPO
+
+METRICS = tuple(REGISTRY)
 
 pytestmark = pytest.mark.browser
 

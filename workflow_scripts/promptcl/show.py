@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from promptcl.analysis.aggregate import PROTOCOLS
-from promptcl.dag import paths
+from promptcl.store import paths
 
 TEXT_WIDTH = 60
 

@@ -14,7 +14,7 @@ import pandas as pd
 
 from promptcl.analysis.metrics import (
     CONTINUAL_METRICS,
-    METRICS,
+    REGISTRY,
     as_str_list,
     continual_metrics,
     majority_rate,
@@ -67,7 +67,7 @@ def _is_generation(df: pd.DataFrame) -> bool:
 def present_metrics(predictions: Mapping[tuple[int, str], pd.DataFrame]) -> list[str]:
     """The registered metrics every table has a column for, in registry order."""
     tables = list(predictions.values())
-    return [m for m in METRICS if tables and all(m in t.columns for t in tables)]
+    return [m for m in REGISTRY if tables and all(m in t.columns for t in tables)]
 
 
 def combine_outcomes(
@@ -207,7 +207,7 @@ def run_summary(
         return _cell(_indexed, i, t, metric, col) if i in evaluated else math.nan
 
     present = list(dict.fromkeys(cells["metric"]))
-    metrics = [m for m in METRICS if m in present] + [m for m in present if m not in METRICS]
+    metrics = [m for m in REGISTRY if m in present] + [m for m in present if m not in REGISTRY]
     rows: list[dict[str, object]] = []
     for metric in metrics:
         R = np.array([[_lookup(indexed, i, t, metric, "score") for t in seq] for i in range(T + 1)])

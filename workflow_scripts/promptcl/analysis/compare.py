@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from promptcl.analysis import stats
-from promptcl.analysis.metrics import continual_metrics
+from promptcl.analysis.metrics import compared_metrics, continual_metrics
 
 #: the configuration of a run; runs that share it differ only by seed
 CONFIGURATION = ("sequence", "method", "strategy")
@@ -286,7 +286,7 @@ def compare_instances(
     baseline: dict,
     resamples: int = stats.RESAMPLES,
     level: float = stats.LEVEL,
-    metrics: Sequence[str] = ("label_accuracy", "rougeL"),
+    metrics: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Per seed, each run against the baseline run of its sequence and seed: the paired
     bootstrap difference of every measure, its percentile interval, p, Holm's p, the verdict
@@ -295,62 +295,92 @@ def compare_instances(
     bootstrap differences, the SE ``p`` uses (:func:`stats.mde_z`).
 
     ``instances``: run -> its instance scores; ``layouts``: run -> sequence name, tasks, unseen,
-    method, strategy, seed (as the aggregate rule's layout)."""
+    method, strategy, seed (as the aggregate rule's layout); ``metrics`` defaults to the
+    generation metrics compared by default (:func:`compared_metrics`)."""
+    metrics = list(compared_metrics(["generation"]) if metrics is None else metrics)
+    samples = _BootstrapCache(instances, layouts, resamples)
     rows = []
-    cache: dict[tuple, dict[str, np.ndarray]] = {}
+    for run, base in _baseline_pairs(layouts, baseline):
+        lay = layouts[run]
+        ids = common_ids([instances[run], instances[base]], [*lay["sequence"], *lay["unseen"]])
+        for protocol in dict.fromkeys(instances[run]["protocol"]):
+            for metric in metrics:
+                a = samples.get(run, protocol, metric, ids)
+                b = samples.get(base, protocol, metric, ids)
+                point_a = _point(instances[run], lay, protocol, metric)
+                point_b = _point(instances[base], layouts[base], protocol, metric)
+                head = {
+                    "sequence": lay["name"],
+                    "method": lay["method"],
+                    "strategy": lay["strategy"],
+                    "seed": lay["seed"],
+                    "run": run,
+                    "baseline_run": base,
+                    "protocol": protocol,
+                    "metric": metric,
+                }
+                for measure in MEASURES:
+                    diff = point_a[measure] - point_b[measure]
+                    d = a[measure] - b[measure]
+                    rows.append({**head, **_paired_row(measure, diff, d, level, resamples)})
+    return _with_verdicts(rows, level)
 
-    def samples(run, protocol, metric, ids):
+
+class _BootstrapCache:
+    """Each (run, protocol, metric)'s bootstrap measures, computed once: a baseline is compared
+    with every other run of its seed."""
+
+    def __init__(self, instances: dict[str, pd.DataFrame], layouts: dict, resamples: int):
+        self.instances, self.layouts, self.resamples = instances, layouts, resamples
+        self.cache: dict[tuple, dict[str, np.ndarray]] = {}
+
+    def get(self, run: str, protocol: str, metric: str, ids: dict) -> dict[str, np.ndarray]:
         key = (run, protocol, metric)
-        if key not in cache:
-            lay = layouts[run]
-            part = instances[run][instances[run]["protocol"] == protocol]
-            cache[key] = bootstrap_measures(
-                part, lay["sequence"], lay["unseen"], metric, ids, resamples, seed=lay["seed"]
+        if key not in self.cache:
+            lay = self.layouts[run]
+            part = self.instances[run][self.instances[run]["protocol"] == protocol]
+            self.cache[key] = bootstrap_measures(
+                part, lay["sequence"], lay["unseen"], metric, ids, self.resamples, seed=lay["seed"]
             )
-        return cache[key]
+        return self.cache[key]
 
+
+def _baseline_pairs(layouts: dict[str, dict], baseline: dict) -> list[tuple[str, str]]:
+    """(run, its baseline run) for every run that is not the baseline configuration and has a
+    baseline run of the same sequence and seed."""
+    key = (baseline["method"], baseline["strategy"])
+    pairs = []
     for run, lay in layouts.items():
-        if (lay["method"], lay["strategy"]) == (baseline["method"], baseline["strategy"]):
+        if (lay["method"], lay["strategy"]) == key:
             continue
         base = [
             r
             for r, other in layouts.items()
             if other["name"] == lay["name"]
             and other["seed"] == lay["seed"]
-            and (other["method"], other["strategy"]) == (baseline["method"], baseline["strategy"])
+            and (other["method"], other["strategy"]) == key
         ]
-        if not base:
-            continue
-        tasks = [*lay["sequence"], *lay["unseen"]]
-        ids = common_ids([instances[run], instances[base[0]]], tasks)
-        for protocol in dict.fromkeys(instances[run]["protocol"]):
-            for metric in metrics:
-                a = samples(run, protocol, metric, ids)
-                b = samples(base[0], protocol, metric, ids)
-                point_a = _point(instances[run], lay, protocol, metric)
-                point_b = _point(instances[base[0]], layouts[base[0]], protocol, metric)
-                for measure in MEASURES:
-                    d = a[measure] - b[measure]
-                    low, high = stats.interval(d, level)
-                    rows.append(
-                        {
-                            "sequence": lay["name"],
-                            "method": lay["method"],
-                            "strategy": lay["strategy"],
-                            "seed": lay["seed"],
-                            "run": run,
-                            "baseline_run": base[0],
-                            "protocol": protocol,
-                            "metric": metric,
-                            "measure": measure,
-                            "diff": point_a[measure] - point_b[measure],
-                            "ci_low": low,
-                            "ci_high": high,
-                            "p": stats.bootstrap_p(d, point_a[measure] - point_b[measure]),
-                            "resamples": resamples,
-                            "se": stats.bootstrap_se(d),
-                        }
-                    )
+        if base:
+            pairs.append((run, base[0]))
+    return pairs
+
+
+def _paired_row(measure: str, diff: float, d: np.ndarray, level: float, resamples: int) -> dict:
+    """One measure's paired difference: the point ``diff`` and its bootstrap samples ``d``."""
+    low, high = stats.interval(d, level)
+    return {
+        "measure": measure,
+        "diff": diff,
+        "ci_low": low,
+        "ci_high": high,
+        "p": stats.bootstrap_p(d, diff),
+        "resamples": resamples,
+        "se": stats.bootstrap_se(d),
+    }
+
+
+def _with_verdicts(rows: list[dict], level: float) -> pd.DataFrame:
+    """Holm's p within each protocol × metric × seed family, the verdict and the MDE."""
     columns = [
         "sequence", "method", "strategy", "seed", "run", "baseline_run", "protocol", "metric",
         "measure", "diff", "ci_low", "ci_high", "p", "resamples",

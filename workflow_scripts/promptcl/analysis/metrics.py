@@ -15,7 +15,7 @@ import math
 import re
 import string
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +35,9 @@ class Metric:
     exist only for tasks with a label set (NaN otherwise); ``bounded`` ones lie in 0-100 (figures
     draw them on that scale), the others (a log-likelihood) on their own; ``chance`` ones are read
     against the majority-class rate; ``compared`` ones are compared with the baseline unless
-    ``comparison.metrics`` names others."""
+    ``comparison.metrics`` names others. Registering one in :data:`REGISTRY` is all it takes for
+    R, AP/BWT/FWT/F, the comparisons, the figures and ``show`` to carry it (docs/development.md,
+    "Adding a metric")."""
 
     name: str
     outcome: str
@@ -47,47 +49,11 @@ class Metric:
     compared: bool = True
     unit: str = "points (0-100)"
     decimals: int = 1
+    #: a generation metric's item score from (prediction, references, labels); None for those
+    #: the likelihood pass computes (:mod:`promptcl.evaluate.likelihood`)
+    score: Callable[[str, Sequence[str], Sequence[str]], float] | None = None
 
 
-#: Every metric, in the order tables and figures show them (one registry, read everywhere).
-REGISTRY: dict[str, Metric] = {
-    m.name: m
-    for m in (
-        Metric("rougeL", "generation", "ROUGE-L F of the greedy answer, max over references"),
-        Metric(
-            "exact_match",
-            "generation",
-            "the normalised greedy answer equals a normalised reference",
-            binary=True,
-            compared=False,
-        ),
-        Metric(
-            "label_accuracy",
-            "generation",
-            "the first label the greedy answer states is the gold label",
-            binary=True,
-            labels_only=True,
-        ),
-        Metric(
-            "gold_logprob",
-            "likelihood",
-            "mean log-probability per token of the gold answer (with its end-of-turn token)",
-            bounded=False,
-            chance=False,
-            unit="nats per token",
-            decimals=3,
-        ),
-        Metric(
-            "rank_accuracy",
-            "likelihood",
-            "the label with the highest likelihood (rank classification) is the gold label",
-            binary=True,
-            labels_only=True,
-        ),
-    )
-}
-METRICS = tuple(REGISTRY)
-BINARY_METRICS = tuple(m.name for m in REGISTRY.values() if m.binary)
 CONTINUAL_METRICS = ("AP", "BWT", "FWT", "F", "BWT_avg", "FWT_avg", "plasticity", "ACC")
 
 
@@ -210,18 +176,63 @@ def label_accuracy(prediction: str, references: Sequence[str], labels: Sequence[
     return 100.0 if chosen is not None and chosen == normalize_answer(refs[0]) else 0.0
 
 
+#: Every metric, in the order tables and figures show them (one registry, read everywhere).
+REGISTRY: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric(
+            "rougeL",
+            "generation",
+            "ROUGE-L F of the greedy answer, max over references",
+            score=lambda prediction, references, labels: rouge_l(prediction, references),
+        ),
+        Metric(
+            "exact_match",
+            "generation",
+            "the normalised greedy answer equals a normalised reference",
+            binary=True,
+            compared=False,
+            score=lambda prediction, references, labels: exact_match(prediction, references),
+        ),
+        Metric(
+            "label_accuracy",
+            "generation",
+            "the first label the greedy answer states is the gold label",
+            binary=True,
+            labels_only=True,
+            score=label_accuracy,
+        ),
+        Metric(
+            "gold_logprob",
+            "likelihood",
+            "mean log-probability per token of the gold answer (with its end-of-turn token)",
+            bounded=False,
+            chance=False,
+            unit="nats per token",
+            decimals=3,
+        ),
+        Metric(
+            "rank_accuracy",
+            "likelihood",
+            "the label with the highest likelihood (rank classification) is the gold label",
+            binary=True,
+            labels_only=True,
+        ),
+    )
+}
+
+
 def score_predictions(df: pd.DataFrame) -> pd.DataFrame:
-    """Add float columns rougeL, exact_match, label_accuracy to a copy of a prediction table."""
+    """Add a float column per generation metric of :data:`REGISTRY` (rougeL, exact_match,
+    label_accuracy, …) to a copy of a prediction table."""
     missing = [c for c in ("prediction", "references", "labels") if c not in df.columns]
     if missing:
         raise ValueError(f"prediction table lacks columns {missing}")
     out = df.copy()
     rows = list(zip(out["prediction"], out["references"], out["labels"], strict=True))
-    out["rougeL"] = np.array([rouge_l(str(p), r) for p, r, _ in rows], dtype=float)
-    out["exact_match"] = np.array([exact_match(str(p), r) for p, r, _ in rows], dtype=float)
-    out["label_accuracy"] = np.array(
-        [label_accuracy(str(p), r, lb) for p, r, lb in rows], dtype=float
-    )
+    for m in REGISTRY.values():
+        if m.score is not None:
+            out[m.name] = np.array([m.score(str(p), r, lb) for p, r, lb in rows], dtype=float)
     return out
 
 

@@ -22,7 +22,7 @@ import pandas as pd
 
 from promptcl.analysis import stats
 from promptcl.analysis.metrics import REGISTRY
-from promptcl.dag import paths
+from promptcl.store import paths
 
 ALPHA = 0.05
 #: AP differences the table resolves, in each metric's unit: points for 0-100 metrics, nats

@@ -22,7 +22,7 @@ from promptcl.analysis.aggregate import (
 )
 from promptcl.analysis.compare import instance_scores
 from promptcl.analysis.summary_text import format_matrix, format_summary
-from promptcl.dag import paths
+from promptcl.store import paths
 
 Tables = dict[tuple[int, str], pd.DataFrame]
 

@@ -3,7 +3,7 @@ read while Snakemake builds the DAG)."""
 
 from __future__ import annotations
 
-from promptcl.dag import paths
+from promptcl.store import paths
 from promptcl.strategies import strategy_of
 
 RUN_FIGURES = {

@@ -11,12 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from promptcl.analysis.metrics import compared_metrics, metric, metrics_of
-from promptcl.dag import paths
+from promptcl.analysis.metrics import REGISTRY, compared_metrics, metric, metrics_of
 from promptcl.dag.runs import (
-    ConfigError,
     Run,
-    check_api_key,
     check_model_folders,
     check_sequences,
     check_strategies,
@@ -30,9 +27,10 @@ from promptcl.dag.runs import (
     task_sources,
 )
 from promptcl.dag.study_design import Branch, plan_study
+from promptcl.errors import ConfigError
 from promptcl.methods import method_of
-from promptcl.prompts.paraphrase import TemplateError, load_request_template
-from promptcl.prompts.pools import PoolFormatError, load_pool
+from promptcl.prompts.backends import Backend, backend_of
+from promptcl.store import paths
 from promptcl.strategies import strategy_of
 from promptcl.tasks.files import TaskFiles
 
@@ -83,6 +81,11 @@ def check_metrics(config: dict) -> None:
     if (config.get("study") or {}).get("pairs"):
         named.append(("study.metric", config["study"]["metric"]))
     for key, name in named:
+        if name not in REGISTRY:
+            raise ConfigError(
+                f"{key}: unknown metric {name!r}; registered: {', '.join(REGISTRY)} "
+                "(promptcl.analysis.metrics.REGISTRY)"
+            )
         if name not in active:
             raise ConfigError(
                 f"{key}: {name} is not computed by evaluation.outcomes {list(outcomes)} "
@@ -129,7 +132,6 @@ class WorkflowPlan:
         cells = {name: shared[name] for name in cells}
         dag = cls(config, workflow_dir, runs, tasks, model_file, branches, cells, hosts)
         dag.check_prompt_inputs()
-        check_api_key(config, [Path(dag.candidates_of(t)) for t in dag.prompt_tasks])
         return dag
 
     # --- helpers -------------------------------------------------------------------------------
@@ -231,70 +233,28 @@ class WorkflowPlan:
 
     # --- candidate prompts ----------------------------------------------------------------------
 
-    def pool_file(self, task: str) -> Path:
-        """The file-backend pool of a task; {task} and {full_name} are filled in."""
-        pattern = self.prompts["file"]["path"]
-        return self.workflow_path(pattern.format(task=task, full_name=self.tasks[task].full_name))
+    @property
+    def backend(self) -> Backend:
+        """The paraphrase backend ``prompts.backend`` names (:data:`BACKENDS`)."""
+        return backend_of(self.prompts["backend"])
 
     def check_prompt_inputs(self) -> None:
-        """Missing or malformed pool or template files stop the workflow before any job runs
-        (each pool is read now: a few small files)."""
-        if self.prompts["backend"] == "file":
-            missing = [str(self.pool_file(t)) for t in self.prompt_tasks]
-            missing = [m for m in missing if not Path(m).is_file()]
-            if missing:
-                raise ConfigError(f"prompts.file.path: missing pool file(s) {missing}")
-            for task in self.prompt_tasks:
-                path = self.pool_file(task)
-                try:
-                    texts = load_pool(path, key=[task, self.tasks[task].full_name])
-                except PoolFormatError as err:
-                    raise ConfigError(f"prompts.file.path: task {task}: {err}") from None
-                self._check_pool_size(task, path, len(texts))
-            return
-        template = self.workflow_path(self.prompts["request_template"])
-        if not template.is_file():
-            raise ConfigError(f"prompts.request_template: {template} does not exist")
-        try:
-            load_request_template(template, self.prompts["delimiters"])
-        except TemplateError as err:
-            raise ConfigError(f"prompts.request_template: {err}") from None
-
-    def _check_pool_size(self, task: str, path: Path, texts: int) -> None:
-        """The job uses the first ``prompts.candidates`` texts of a pool: too few texts can never
-        give ``prompts.min_valid`` valid ones to train with."""
-        candidates, need = self.prompts["candidates"], self.prompts["min_valid"]
-        most = min(texts, candidates) - self.heldout
-        if most < need:
-            raise ConfigError(
-                f"prompts.file.path: task {task}: {path} holds {texts} text(s): with "
-                f"prompts.candidates {candidates} and evaluation.heldout_prompts {self.heldout} "
-                f"at most {max(most, 0)} can be valid, fewer than prompts.min_valid {need}"
-            )
+        """Missing or malformed pools, templates, folders or keys stop the workflow before any
+        job runs (the backend's own check)."""
+        self.backend.check(self)
 
     def paraphrase_inputs(self, wildcards) -> dict:
         task = wildcards.task
-        inputs = {
+        return {
             "table": paths.fill(paths.TASK_SPLIT, task=task, split="train"),
             "meta": paths.fill(paths.TASK_META, task=task),
+            **self.backend.inputs(self, task),
         }
-        backend = self.prompts["backend"]
-        if backend == "file":
-            inputs["pool"] = str(self.pool_file(task))
-        else:
-            inputs["template"] = str(self.workflow_path(self.prompts["request_template"]))
-        if backend == "local" and not self.prompts["local"]["model"]:
-            inputs["model"] = paths.MODEL_DIR
-        return inputs
 
     def paraphrase_params(self) -> dict:
         """Only the active backend's options: changing another backend's settings reruns
         nothing."""
-        backend = self.prompts["backend"]
-        keep = ["backend", "candidates", "min_valid", "seed", "validation", backend]
-        if backend != "file":
-            keep += ["delimiters", "request_template"]
-        return {k: self.prompts[k] for k in keep}
+        return self.backend.params(self.prompts)
 
     def paraphrase_model_params(self) -> dict:
         model = self.config["model"]
@@ -307,12 +267,11 @@ class WorkflowPlan:
 
     @property
     def paraphrase_on_host(self) -> bool:
-        """The API backend needs the internet: it runs where Snakemake runs."""
-        return self.prompts["backend"] != "local"
+        return self.backend.on_host
 
     @property
     def paraphrase_threads(self) -> int:
-        return self.config["compute"]["threads"] if self.prompts["backend"] == "local" else 1
+        return self.backend.threads(self.config)
 
     # --- a stage: scores, training, predictions ------------------------------------------------
 

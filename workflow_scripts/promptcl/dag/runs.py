@@ -5,15 +5,15 @@ bad config stops before any job runs, with a message that names the offending ke
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
 
-from promptcl.dag.paths import RESERVED
+from promptcl.errors import ConfigError, hf_folder
 from promptcl.prompts.prompting import PromptFormat
+from promptcl.store.paths import RESERVED
 from promptcl.tasks.files import (
     REQUIRED_SPLITS,
     SPLITS,
@@ -25,10 +25,6 @@ from promptcl.tasks.files import (
 )
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-
-
-class ConfigError(ValueError):
-    """The config is well-typed but inconsistent; the message names the key."""
 
 
 @dataclass(frozen=True)
@@ -159,25 +155,11 @@ def check_strategies(config: dict, runs: Iterable[Run]) -> None:
             )
 
 
-def _hf_folder(key: str, value: str | None, base: Path) -> None:
-    """A Hugging Face model folder the config names (checked now; loaded by a job)."""
-    if not value:
-        raise ConfigError(f"{key}: a Hugging Face model folder is required")
-    path = Path(value).expanduser()
-    found = [p for p in ([path] if path.is_absolute() else [path, base / path]) if p.is_dir()]
-    if not found:
-        raise ConfigError(f"{key}: folder {path} does not exist")
-    if not (found[0] / "config.json").is_file():
-        raise ConfigError(f"{key}: {found[0]} is not a Hugging Face model folder (no config.json)")
-
-
 def check_model_folders(config: dict, base: Path) -> None:
-    """``model.path`` of ``source: local`` and ``prompts.local.model``, when given."""
+    """``model.path`` of ``source: local`` (a local paraphraser's folder is checked by its
+    backend, :mod:`promptcl.prompts.backends.local`)."""
     if config["model"]["source"] == "local":
-        _hf_folder("model.path", config["model"].get("path"), base)
-    local = config["prompts"]["local"].get("model")
-    if config["prompts"]["backend"] == "local" and local:
-        _hf_folder("prompts.local.model", local, base)
+        hf_folder("model.path", config["model"].get("path"), base)
 
 
 def model_source_file(config: dict, base: Path) -> Path | None:
@@ -192,24 +174,6 @@ def model_source_file(config: dict, base: Path) -> Path | None:
     if not path.is_file():
         raise ConfigError(f"model.path: GGUF file {path} does not exist")
     return path
-
-
-def check_api_key(config: dict, needed: Iterable[Path]) -> None:
-    """With the openai backend, a missing API key stops the workflow before any job runs when a
-    candidate table still has to be made (a rerun of finished tables needs no key)."""
-    prompts = config["prompts"]
-    if prompts["backend"] != "openai":
-        return
-    variable = prompts["openai"]["api_key_env"]
-    if os.environ.get(variable):
-        return
-    missing = sorted(str(p) for p in needed if not Path(p).is_file())
-    if missing:
-        raise ConfigError(
-            f"prompts.openai.api_key_env: environment variable {variable} is not set, and the "
-            f"openai backend still has to make {missing[:3]}{' …' if len(missing) > 3 else ''} "
-            f"(export {variable}=… before running)"
-        )
 
 
 def task_sources(config: dict, base: Path) -> list[TaskSource]:

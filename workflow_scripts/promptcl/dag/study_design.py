@@ -14,7 +14,8 @@ from itertools import product
 
 import pandas as pd
 
-from promptcl.dag.runs import ConfigError, Run, run_name
+from promptcl.dag.runs import Run, run_name
+from promptcl.errors import ConfigError
 from promptcl.prompts.candidates import training_ids
 
 

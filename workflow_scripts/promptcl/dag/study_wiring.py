@@ -4,9 +4,9 @@ the cells come from the ``paraphrase_prompts`` checkpoint."""
 
 from __future__ import annotations
 
-from promptcl.dag import paths
 from promptcl.dag.study_design import Branch, trained_candidates
 from promptcl.methods import method_of
+from promptcl.store import paths
 from promptcl.store.integrity import read_parquet
 
 

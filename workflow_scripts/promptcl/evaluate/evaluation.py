@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from promptcl.analysis.aggregate import TRAINED_PROMPT_ID
-from promptcl.dag import paths
 from promptcl.prompts.candidates import heldout_prompts
+from promptcl.store import paths
 
 #: the workflow folder (relative paths of the config are relative to it)
 WORKFLOW_DIR = Path(__file__).resolve().parents[3]

@@ -136,7 +136,7 @@ def replayed_candidate(record_dir: str, task: str) -> int:
     import json
     from pathlib import Path
 
-    from promptcl.dag import paths
+    from promptcl.store import paths
 
     record = json.loads((Path(record_dir) / paths.STAGE_RECORD).read_text())
     prompts = record.get("evaluation_prompts") or {record["task"]: record["evaluation_prompt"]}

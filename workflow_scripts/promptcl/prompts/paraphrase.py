@@ -60,7 +60,9 @@ class Request:
     seed: int
 
 
-class Backend(Protocol):
+class Generator(Protocol):
+    """What a generating backend builds: it completes one request at a time."""
+
     name: str
     model: str
 
@@ -201,7 +203,7 @@ class ReplyCache:
     misses: int = 0
 
     @staticmethod
-    def key(backend: Backend, request: Request) -> str:
+    def key(backend: Generator, request: Request) -> str:
         material = {
             "backend": backend.name,
             "model": backend.model,
@@ -216,7 +218,7 @@ class ReplyCache:
     def path(self, key: str) -> Path:
         return self.folder / key[:2] / f"{key}.json"
 
-    def get(self, backend: Backend, request: Request) -> str | None:
+    def get(self, backend: Generator, request: Request) -> str | None:
         path = self.path(self.key(backend, request))
         try:
             reply = json.loads(path.read_text())["reply"] if path.is_file() else None
@@ -229,7 +231,7 @@ class ReplyCache:
         self.hits += 1
         return reply
 
-    def put(self, backend: Backend, request: Request, reply: str) -> None:
+    def put(self, backend: Generator, request: Request, reply: str) -> None:
         path = self.path(self.key(backend, request))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -257,7 +259,7 @@ class Replies:
 
 
 def collect_replies(
-    backend: Backend,
+    backend: Generator,
     requests: Sequence[Request],
     cache: ReplyCache,
     max_concurrent: int = 1,
@@ -300,7 +302,7 @@ def candidates_from_replies(
     original: str,
     labels: Sequence[str],
     replies: Replies,
-    backend: Backend,
+    backend: Generator,
     spec: ValidationSpec,
     delimiters=DEFAULT_DELIMITERS,
 ) -> pd.DataFrame:

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from promptcl.dag import paths
+from promptcl.store import paths
 
 MANIFEST = "promptcl_manifest.json"
 SIDECAR = ".sha256.json"

@@ -15,8 +15,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from promptcl.dag import paths
-from promptcl.store import integrity
+from promptcl.store import integrity, paths
 from promptcl.store.hashing import file_fingerprint
 
 

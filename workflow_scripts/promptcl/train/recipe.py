@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from promptcl.dag import paths
 from promptcl.model.adapters import save_adapter
 from promptcl.model.batching import PadCollator
 from promptcl.model.modeling import adapter_name, load_tokenizer, use_attention
 from promptcl.prompts import candidates as cands
+from promptcl.store import paths
 from promptcl.store.integrity import staged_dir, write_parquet
 from promptcl.strategies import PlanContext, TrainingPlan
 from promptcl.train.data import MixedDataset, PromptedDataset

@@ -1,27 +1,71 @@
-"""Paraphrase backends: an OpenAI-compatible endpoint, or a local instruct model.
+"""``prompts.backend: openai``: any OpenAI-compatible chat-completions endpoint.
 
 The API key is read from the environment variable *named* in the config, at the moment the
-client is built; it is never stored on the backend, in options, cache records or messages.
+client is built; it is never stored on the client, in options, cache records or messages. The
+job runs on the submitting host (compute nodes often have no internet).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from promptcl.prompts.backends.base import GeneratingBackend, ParaphraseJob, PlanView
 from promptcl.prompts.paraphrase import FatalBackendError, Request, RequestFailed
-from promptcl.prompts.prompting import DEFAULT_CHAT_TEMPLATE_KWARGS
 
 log = logging.getLogger(__name__)
 
 
+class OpenAI(GeneratingBackend):
+    name = "openai"
+    on_host = True
+
+    def workers(self, options: Mapping[str, Any]) -> int:
+        return options["openai"]["max_concurrent"]
+
+    def check(self, plan: PlanView) -> None:
+        """The template, and the API key when a candidate table still has to be made (a rerun
+        of finished tables needs no key)."""
+        super().check(plan)
+        check_api_key(plan.prompts, [Path(plan.candidates_of(t)) for t in plan.prompt_tasks])
+
+    def build(self, job: ParaphraseJob) -> OpenAIClient:
+        o = job.options["openai"]
+        return OpenAIClient(
+            base_url=o["base_url"],
+            model=o["model"],
+            api_key_env=o["api_key_env"],
+            temperature=o["temperature"],
+            max_tokens=o["max_tokens"],
+            timeout=o["timeout"],
+            max_retries=o["max_retries"],
+        )
+
+
+def check_api_key(prompts: dict, needed) -> None:
+    """A missing API key stops the workflow before any job runs when a candidate table still has
+    to be made."""
+    from promptcl.errors import ConfigError
+
+    variable = prompts["openai"]["api_key_env"]
+    if os.environ.get(variable):
+        return
+    missing = sorted(str(p) for p in needed if not Path(p).is_file())
+    if missing:
+        raise ConfigError(
+            f"prompts.openai.api_key_env: environment variable {variable} is not set, and the "
+            f"openai backend still has to make {missing[:3]}{' …' if len(missing) > 3 else ''} "
+            f"(export {variable}=… before running)"
+        )
+
+
 @dataclass
-class OpenAIBackend:
+class OpenAIClient:
     """Chat completions through the ``openai`` client (retries with backoff come from it).
 
     The client (and with it the API key) is made on the first request that is not cached, so a
@@ -116,110 +160,3 @@ class OpenAIBackend:
 def _short(err: Exception) -> str:
     text = str(err).replace("\n", " ")
     return text[:200]
-
-
-@dataclass
-class LocalBackend:
-    """A local instruct model through transformers ``generate``, sampled with a per-request seed."""
-
-    model_dir: Path
-    model: str
-    temperature: float = 1.0
-    top_p: float = 0.95
-    max_new_tokens: int = 256
-    precision: str = "fp32"
-    trust_remote_code: bool = False
-    #: the workflow's prompt.chat_template_kwargs (e.g. thinking off for a Qwen3 paraphraser)
-    chat_template_kwargs: tuple[tuple[str, object], ...] = tuple(
-        sorted(DEFAULT_CHAT_TEMPLATE_KWARGS.items())
-    )
-    name: str = "local"
-
-    def __post_init__(self) -> None:
-        from promptcl.model.devices import default_device
-        from promptcl.model.modeling import load_state, load_tokenizer
-
-        self._tokenizer = load_tokenizer(Path(self.model_dir), self.trust_remote_code)
-        self._model = load_state(Path(self.model_dir), (), self.precision, self.trust_remote_code)
-        self._model.to(default_device())
-
-    def options(self) -> dict[str, Any]:
-        return {
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "max_new_tokens": self.max_new_tokens,
-            "precision": self.precision,
-            "chat_template_kwargs": dict(self.chat_template_kwargs),
-        }
-
-    def complete(self, request: Request) -> str:
-        import torch
-
-        from promptcl.prompts.prompting import (
-            PromptFormat,
-            prompt_text,
-            stop_token_ids,
-            strip_reasoning,
-        )
-
-        fmt = PromptFormat(chat_template_kwargs=tuple(self.chat_template_kwargs))
-        text = prompt_text(self._tokenizer, fmt, request.text)
-        ids = self._tokenizer(text, add_special_tokens=False, return_tensors="pt")
-        device = next(self._model.parameters()).device
-        digest = hashlib.sha256(f"{request.seed}:{request.index}".encode()).digest()
-        generator_seed = int.from_bytes(digest[:8], "little") % (2**63)
-        torch.manual_seed(generator_seed)
-        with torch.inference_mode():
-            out = self._model.generate(
-                input_ids=ids["input_ids"].to(device),
-                attention_mask=ids["attention_mask"].to(device),
-                do_sample=True,
-                temperature=self.temperature,
-                top_p=self.top_p,
-                max_new_tokens=self.max_new_tokens,
-                eos_token_id=stop_token_ids(self._tokenizer, fmt),
-                pad_token_id=self._tokenizer.pad_token_id,
-            )
-        reply = self._tokenizer.decode(
-            out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True
-        )
-        return strip_reasoning(reply)
-
-
-def backend_from_config(
-    cfg: dict,
-    model_dir: Path | None,
-    model_name: str,
-    precision: str,
-    trust_remote_code: bool,
-    chat_template_kwargs: dict | None = None,
-):
-    """The configured generating backend (``prompts.backend`` = openai or local)."""
-    name = cfg["backend"]
-    if name == "openai":
-        o = cfg["openai"]
-        return OpenAIBackend(
-            base_url=o["base_url"],
-            model=o["model"],
-            api_key_env=o["api_key_env"],
-            temperature=o["temperature"],
-            max_tokens=o["max_tokens"],
-            timeout=o["timeout"],
-            max_retries=o["max_retries"],
-        )
-    if name == "local":
-        o = cfg["local"]
-        folder = Path(o["model"]) if o.get("model") else model_dir
-        if folder is None:
-            raise ValueError("prompts.local.model: no model folder given")
-        return LocalBackend(
-            model_dir=folder,
-            model=o.get("model") or model_name,
-            temperature=o["temperature"],
-            top_p=o["top_p"],
-            max_new_tokens=o["max_new_tokens"],
-            precision=precision,
-            trust_remote_code=trust_remote_code,
-            chat_template_kwargs=tuple(sorted((chat_template_kwargs or {}).items())),
-        )
-    raise ValueError(f"prompts.backend: '{name}' does not generate (expected openai or local)")
