@@ -1,33 +1,54 @@
-"""The worked examples of docs/development.md, run from the document itself: a method and a
-prompt strategy are each added by one module and its registration."""
+"""The worked examples of docs/development.md, run from the document itself: a method, a prompt
+strategy, a paraphrase backend and a metric are each added by one module (or one registry
+entry) and its registration."""
 
 from __future__ import annotations
 
 import re
 import sys
 import types
+from types import SimpleNamespace
 
 import pandas as pd
+import pytest
 import torch
 
+from promptcl.analysis import metrics as metrics_module
+from promptcl.analysis.aggregate import cell_table, run_summary
+from promptcl.analysis.metrics import (
+    REGISTRY,
+    compared_metrics,
+    metrics_of,
+    score_predictions,
+)
+from promptcl.dag.plan import check_metrics
+from promptcl.errors import ConfigError
 from promptcl.methods import METHODS, build_stage_model
 from promptcl.model.modeling import adapter_name
+from promptcl.prompts.backends import BACKENDS, ParaphraseJob, backend_of
 from promptcl.prompts.candidates import COLUMNS
+from promptcl.prompts.paraphrase import ValidationSpec
 from promptcl.strategies import STRATEGIES, parse_strategy, training_instruction
 from tests.helpers import REPO
+from tests.helpers.plans import plan_of
 from tests.helpers.stages import LORA, train
 
 DOC = (REPO / "docs/development.md").read_text()
 
 
+def doc_block(header: str) -> str:
+    """The python block of the document whose first line is ``# <header>``."""
+    match = re.search(r"```python\n# " + re.escape(header) + r"\n(.*?)```", DOC, flags=re.S)
+    assert match, f"docs/development.md has no example {header}"
+    return match.group(1)
+
+
 def module_from_doc(path: str, name: str) -> types.ModuleType:
     """The python block of the document that starts with ``# <path>``, as module ``name``."""
-    match = re.search(r"```python\n# " + re.escape(path) + r"\n(.*?)```", DOC, flags=re.S)
-    assert match, f"docs/development.md has no example {path}"
     module = types.ModuleType(name)
     module.__package__ = name.rsplit(".", 1)[0]
     sys.modules[name] = module
-    exec(compile(match.group(1), path, "exec"), module.__dict__)
+    exec(compile(doc_block(path), path, "exec"), module.__dict__)
     return module
 
 
@@ -59,3 +80,92 @@ def test_the_documented_strategy_is_one_module(monkeypatch):
     )
     # candidate 2 is the shortest but invalid: the shortest valid one is 1
     assert training_instruction(candidates, "shortest") == (1, "Short one.")
+
+
+PARAPHRASER = """
+import sys
+request, seed = sys.stdin.read(), int(sys.argv[1])
+assert "Is the review positive?" in request, request
+print(f"Sure. <instruction>Variant {seed % 1000}: read the review, then reply "
+      "positive or negative.</instruction>")
+"""
+
+
+def test_the_documented_backend_is_one_module(monkeypatch, tmp_path):
+    module = module_from_doc(
+        "workflow_scripts/promptcl/prompts/backends/command.py",
+        "promptcl.prompts.backends.command",
+    )
+    monkeypatch.setitem(BACKENDS, "command", module.Command())
+    program = tmp_path / "paraphraser.py"
+    program.write_text(PARAPHRASER)
+    plan = plan_of()
+    prompts = plan.config["prompts"]
+    prompts["backend"] = "command"
+    prompts["command"] = {"run": f"{sys.executable} {program}", "timeout": 60}
+    # the DAG side: a compute-node job that reruns when prompts.command changes
+    assert not plan.paraphrase_on_host and plan.paraphrase_threads == 1
+    assert plan.paraphrase_params()["command"] == prompts["command"]
+    assert "file" not in plan.paraphrase_params()
+    task = plan.prompt_tasks[0]
+    template = plan.paraphrase_inputs(SimpleNamespace(task=task))["template"]
+    plan.check_prompt_inputs()
+    prompts["request_template"] = "resources/prompts/missing.txt"
+    with pytest.raises(ConfigError, match="prompts.request_template: .*missing.txt"):
+        plan.check_prompt_inputs()
+    # the job side: requests, replies, validation and the cache
+    job = ParaphraseJob(
+        task="review",
+        full_name="review_sentiment",
+        original="Is the review positive? Answer positive or negative.",
+        labels=["positive", "negative"],
+        spec=ValidationSpec.from_config(prompts["validation"]),
+        inputs={"template": template},
+        options={**prompts, "candidates": 3},
+        model={},
+        cache_dir=tmp_path / "cache",
+    )
+    table = backend_of("command").candidates(job)
+    assert table["candidate_id"].tolist() == [0, 1, 2, 3]
+    assert table["valid"].all() and table["text"].nunique() == 4
+    assert table["text"].iloc[1].startswith("Variant ")
+    program.write_text("import sys\nsys.exit(3)\n")  # a rerun is answered from the cache
+    assert backend_of("command").candidates(job)["text"].tolist() == table["text"].tolist()
+    fresh = ParaphraseJob(**{**vars(job), "cache_dir": tmp_path / "empty"})
+    failed = backend_of("command").candidates(fresh)
+    assert not failed["valid"].iloc[1:].any()
+    assert f"{sys.executable} exited 3" in failed["reject_reason"].iloc[1]
+
+
+def test_the_documented_metric_is_one_registry_entry(monkeypatch):
+    namespace = dict(vars(metrics_module))
+    header = "workflow_scripts/promptcl/analysis/metrics.py (an entry of REGISTRY)"
+    exec(compile(doc_block(header), "metrics.py", "exec"), namespace)
+    monkeypatch.setitem(REGISTRY, "contains_reference", namespace["CONTAINS_REFERENCE"])
+    answers = ["The answer is Paris.", "Lyon.", "Parisian", "paris"]
+    table = pd.DataFrame(
+        {
+            "prediction": answers,
+            "references": [["Paris"]] * 4,
+            "labels": [[]] * 4,
+        }
+    )
+    scored = score_predictions(table)
+    assert scored["contains_reference"].tolist() == [100.0, 0.0, 0.0, 100.0]
+    assert scored["rougeL"].iloc[3] == 100.0, "the registered metrics are still scored"
+    # the DAG's {metric} wildcard and the config's metric keys accept it
+    assert "contains_reference" in metrics_of(["generation"])
+    assert "contains_reference" not in compared_metrics(["generation"])
+    assert "contains_reference" in plan_of().metrics
+    check_metrics(
+        {
+            "evaluation": {"outcomes": ["generation"]},
+            "comparison": {"metrics": ["contains_reference"]},
+        }
+    )
+    # R and its continual metrics carry it
+    tables = {(stage, "qa"): scored.assign(id=[str(i) for i in range(4)]) for stage in (0, 1)}
+    cells = cell_table(tables, ["qa"], [])
+    assert set(cells["metric"]) >= {"contains_reference", "rougeL"}
+    summary = run_summary(cells, ["qa"], []).set_index("metric")
+    assert summary.loc["contains_reference", "AP"] == 50.0

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from snakemake.utils import validate
 
 from promptcl.dag.plan import WorkflowPlan
 from promptcl.errors import ConfigError
@@ -17,19 +16,7 @@ from promptcl.methods import METHODS
 from promptcl.store import paths
 from promptcl.strategies import STRATEGIES
 from tests.helpers import REPO
-
-
-def plan_of(**overrides) -> WorkflowPlan:
-    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
-    config["runs"] = {
-        "sequences": ["demo"],
-        "methods": ["inclora", "olora", "seqlora"],
-        "prompt_strategies": ["original", "sapo"],
-        "seeds": [0],
-    }
-    config.update(overrides)
-    validate(config, str(REPO / "config/schema.yaml"))
-    return WorkflowPlan.from_config(config, REPO)
+from tests.helpers.plans import plan_of
 
 
 def wc(**kw):
