@@ -39,9 +39,9 @@ $(VLLM_VENV)/.installed:
 
 vllm: $(VLLM_VENV)/.installed
 
+# --report-after-run: the report is written by the same call, once the workflow has finished
 demo: $(VENV)/.installed
-	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
-	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS) --report results/report.html
+	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS) --report results/report.html --report-after-run
 	@cat results/summary.txt
 	@echo "Figures: open results/report.html in a browser"
 
