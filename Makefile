@@ -3,6 +3,7 @@
 #               summary and write the report with every figure (results/report.html)
 #   make test   run the test suite (unit tests, tiny-model Snakemake DAGs, real models, SLURM, lint)
 #   make test-fast   the unit tier only (tests/unit, no whole DAGs, no SLURM)
+#   make docs   regenerate docs/configuration.md's reference from config/schema.yaml
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
@@ -14,7 +15,7 @@ CORES ?= 2
 SNAKEMAKE_ARGS ?=
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-fast vllm lint format bench clean
+.PHONY: demo test test-fast vllm lint format bench docs clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,9 +39,9 @@ $(VLLM_VENV)/.installed:
 
 vllm: $(VLLM_VENV)/.installed
 
+# --report-after-run: the report is written by the same call, once the workflow has finished
 demo: $(VENV)/.installed
-	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
-	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS) --report results/report.html
+	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS) --report results/report.html --report-after-run
 	@cat results/summary.txt
 	@echo "Figures: open results/report.html in a browser"
 
@@ -61,6 +62,9 @@ lint: $(VENV)/.installed
 format: $(VENV)/.installed
 	$(BIN)/ruff format workflow_scripts tests benchmarks
 	$(BIN)/snakefmt Snakefile rules
+
+docs: $(VENV)/.installed
+	$(BIN)/python -m promptcl config-reference
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/model_throughput.py

@@ -85,6 +85,19 @@ def test_lower_layers_never_import_higher_ones():
     assert not wrong, "\n".join(wrong)
 
 
+def test_the_dag_never_imports_the_job_side_even_lazily():
+    known = modules()
+    above = ("model", "train", "evaluate", "figures", "study", "show")
+    wrong = [
+        f"{name} imports {dep}"
+        for name, path in known.items()
+        if name.startswith("promptcl.dag.")
+        for dep in imports(path, known)
+        if dep.split(".")[1] in above
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
 def test_the_torch_free_layers_import_without_torch():
     names = sorted(n for n in modules() if n.count(".") and n.split(".")[1] in TORCH_FREE)
     assert len(names) > 30
@@ -93,6 +106,7 @@ def test_the_torch_free_layers_import_without_torch():
         f"for name in {names!r}:\n"
         "    importlib.import_module(name)\n"
         "    assert 'torch' not in sys.modules, f'{name} imported torch'\n"
+        "    assert 'transformers' not in sys.modules, f'{name} imported transformers'\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code],

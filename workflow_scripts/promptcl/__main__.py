@@ -1,4 +1,5 @@
-"""Command line: ``python -m promptcl show PATH``, ``power [RESULTS]`` and ``verify [RESULTS]``."""
+"""Command line: ``python -m promptcl show PATH``, ``power [RESULTS]``, ``verify [RESULTS]``
+and ``config-reference [--check]``."""
 
 import sys
 

@@ -1,7 +1,7 @@
 """``python -m promptcl show PATH``: any artifact of a run, readable without writing pandas
 (and ``python -m promptcl power [results]``: :mod:`promptcl.analysis.power`; ``python -m promptcl
-verify
-[results]``: :mod:`promptcl.store.verify`).
+verify [results]``: :mod:`promptcl.store.verify`; ``python -m promptcl config-reference
+[--check]``: :mod:`promptcl.dag.config_reference`).
 
 - an accuracy matrix: R per protocol and metric as stage × task, "score±se", chance level beneath;
 - any other parquet: its shape, then the rows (long texts shortened, wide tables wrapped);
@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from promptcl.analysis.aggregate import PROTOCOLS
+from promptcl.dag import config_reference
 from promptcl.store import paths
 
 TEXT_WIDTH = 60
@@ -102,8 +103,19 @@ def main(argv: list[str] | None = None) -> int:
         "verify", help="check every artifact against its checksum record; name what to rerun"
     )
     verify.add_argument("results", type=Path, nargs="?", default=Path(paths.RESULTS))
+    reference = commands.add_parser(
+        "config-reference",
+        help="regenerate docs/configuration.md's reference from config/schema.yaml (make docs)",
+    )
+    reference.add_argument("--check", action="store_true", help="only fail when it is stale")
+    reference.add_argument("--schema", type=Path, default=Path(config_reference.SCHEMA))
+    reference.add_argument("--doc", type=Path, default=Path(config_reference.DOC))
     args = parser.parse_args(argv)
     try:
+        if args.command == "config-reference":
+            text, status = config_reference.main(args.check, args.schema, args.doc)
+            sys.stdout.write(text)
+            return status
         if args.command == "verify":
             from promptcl.store.verify import report as verify_report
 
