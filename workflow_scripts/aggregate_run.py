@@ -29,7 +29,7 @@ def main(snakemake) -> None:
         write_parquet(result.summary, snakemake.output.summary)
         write_text(snakemake.output.text, result.text)
         log.info("\n%s", result.text)
-        # config, not params: turning tracking on or off reruns nothing (docs/results.md)
+        # config, not params: turning tracking on or off reruns nothing (docs/cluster.md)
         tracking, run = snakemake.config.get("tracking"), snakemake.wildcards.run
         track_run_metrics(tracking, run, result.cells, result.summary, result.text)
 

@@ -250,3 +250,40 @@ def test_schema_default_is_off_and_refuses_credentials_in_the_uri():
     ):
         with pytest.raises(Exception, match="tracking"):
             validate({**config, "tracking": bad}, str(REPO / "config/schema.yaml"))
+
+
+def test_the_stage_job_takes_tracking_from_the_config_and_outside_its_fingerprint(tmp_path):
+    """Read from the config, not a param (turning it on reruns nothing), carried to torchrun
+    ranks in job.json, and no reason to discard a stage's checkpoints."""
+    from types import SimpleNamespace
+
+    from promptcl.train.job import StageJob
+
+    class Files(dict):
+        __getattr__ = dict.__getitem__
+
+    def smk(tracking: dict) -> SimpleNamespace:
+        return SimpleNamespace(
+            wildcards=SimpleNamespace(stage="1"),
+            input=Files(model="m", train="t.parquet", candidates="c.parquet"),
+            output=SimpleNamespace(adapter="a", train_log="l.parquet"),
+            params=SimpleNamespace(
+                stage={"run": RUN, "method": "olora", "strategy": "original", "seed": 0},
+                task="t",
+                state_dir="s",
+                model={},
+                prompt={},
+                lora={},
+                training={},
+                options={},
+                companions=[],
+            ),
+            threads=1,
+            resources={},
+            config={"tracking": tracking},
+        )
+
+    on, off = StageJob.from_snakemake(smk(ON)), StageJob.from_snakemake(smk({"backends": []}))
+    assert on.tracking == ON and off.tracking == {"backends": []}
+    assert on.fingerprint(1) == off.fingerprint(1)
+    assert StageJob.load(on.save(tmp_path / "job.json")).tracking == ON
