@@ -3,6 +3,7 @@
 from promptcl.analysis.run_metrics import aggregate_run, read_evaluations, read_stage_records
 from promptcl.model.runtime import input_list, job_logging
 from promptcl.store.integrity import verify_inputs, write_parquet, write_text
+from promptcl.tracking import track_run_metrics
 
 
 def main(snakemake) -> None:
@@ -28,6 +29,9 @@ def main(snakemake) -> None:
         write_parquet(result.summary, snakemake.output.summary)
         write_text(snakemake.output.text, result.text)
         log.info("\n%s", result.text)
+        # config, not params: turning tracking on or off reruns nothing (docs/cluster.md)
+        tracking, run = snakemake.config.get("tracking"), snakemake.wildcards.run
+        track_run_metrics(tracking, run, result.cells, result.summary, result.text)
 
 
 if __name__ == "__main__":

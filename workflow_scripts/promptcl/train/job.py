@@ -55,6 +55,9 @@ class StageJob:
     deepspeed_config: str | None = None
     threads: int = 1
     gpus: int = 0
+    #: the ``tracking`` config section; read from the config, not the params, so that turning
+    #: tracking on or off reruns nothing, and left out of the fingerprint
+    tracking: dict = field(default_factory=dict)
 
     @classmethod
     def from_snakemake(cls, smk) -> StageJob:
@@ -81,6 +84,7 @@ class StageJob:
             companions=[dict(c) for c in params.companions],
             threads=int(smk.threads),
             gpus=int(smk.resources.get("gpu", 0) or 0),
+            tracking=dict(smk.config.get("tracking") or {}),
         )
 
     def save(self, path: Path) -> Path:
@@ -131,7 +135,8 @@ class StageJob:
         (parameters and input paths), the *contents* of its inputs (a task table, candidate
         pool or earlier adapter rewritten in place by an upstream rerun changes it) and its
         launch (ZeRO checkpoints are tied to the process count)."""
-        job = {k: v for k, v in asdict(self).items() if k not in ("threads", "gpus")}
+        skip = ("threads", "gpus", "tracking")
+        job = {k: v for k, v in asdict(self).items() if k not in skip}
         digest = hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode())
         digest.update(tree_fingerprint(self.input_paths()).encode())
         return {

@@ -22,6 +22,7 @@ from promptcl.prompts import candidates as cands
 from promptcl.store import paths
 from promptcl.store.integrity import staged_dir, write_parquet
 from promptcl.strategies import PlanContext, TrainingPlan
+from promptcl.tracking import stage_tracking
 from promptcl.train.data import MixedDataset, PromptedDataset
 from promptcl.train.job import StageJob, StageSpec
 from promptcl.train.launch import is_main_process, preemption_guard, world_size
@@ -62,19 +63,23 @@ def run_stage(job: StageJob, processes: int = 1) -> dict | None:
     guard = preemption_guard()
     guard.install()
     try:
-        setup = set_up(spec)
-        result = fit(
-            setup.model,
-            setup.tokenizer,
-            setup.dataset,
-            spec.train,
-            spec.state_dir,
-            setup.plan.callbacks,
-            setup.penalty,
-            guard,
-            setup.loss_term,
-        )
-        return save(spec, setup, result) if is_main_process() else None
+        with stage_tracking(job, is_main_process()) as tracking:  # config tracking, else no-op
+            setup = set_up(spec)
+            tracking.started(job, setup)
+            result = fit(
+                setup.model,
+                setup.tokenizer,
+                setup.dataset,
+                spec.train,
+                spec.state_dir,
+                [*setup.plan.callbacks, *tracking.callbacks()],
+                setup.penalty,
+                guard,
+                setup.loss_term,
+            )
+            info = save(spec, setup, result) if is_main_process() else None
+            tracking.finished(info)
+            return info
     finally:
         guard.uninstall()
 
