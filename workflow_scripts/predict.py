@@ -2,9 +2,9 @@
 
 Stage 0 (no adapters) writes one file; a stage k job writes <task>.parquet per evaluation task
 into its output folder. Every task is evaluated under every prompt of
-:func:`promptcl.evaluate.evaluation.evaluation_prompts`, by this job's model (``generation.engine:
-hf``,
-loaded once) or by one vLLM engine for all of the job's prompts (``vllm``).
+:func:`promptcl.evaluate.evaluation.evaluation_prompts`, by this job's model
+(``generation.engine: hf``, loaded once) or by one vLLM engine for all of the job's prompts
+(``vllm``).
 """
 
 from promptcl.analysis.metrics import metrics_of, score_predictions

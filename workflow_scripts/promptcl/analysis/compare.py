@@ -132,6 +132,28 @@ def compare_seeds(
     ``by_seed`` (from :func:`compare_instances`) supplies the verdict where the t-test has no
     p-value: one shared seed, or the same difference in every seed; the row's ``mde`` is then
     the largest of those seeds' bootstrap ``mde``."""
+    rows = _paired_seed_rows(summary, baseline, level)
+    columns = [
+        "sequence", "method", "strategy", "baseline", "protocol", "metric", "measure", "seeds",
+        "diff", "sd", "n", "ci_low", "ci_high", "t", "p",
+    ]  # fmt: skip
+    table = pd.DataFrame(rows, columns=columns)
+    table["p_holm"] = _family_holm(table, ["protocol", "metric"], "p") if len(table) else []
+    table["basis"] = np.where(table["p"].notna(), "paired t over seeds", "")
+    table["verdict"] = [
+        verdict(d, p, level) for d, p in zip(table["diff"], table["p_holm"], strict=True)
+    ]
+    table["mde"] = _mde(
+        table, ["protocol", "metric"], level, lambda row, a: stats.mde_t(row["sd"], row["n"], a)
+    )
+    if by_seed is not None and len(table):
+        _bootstrap_verdicts(table, by_seed)
+    return table
+
+
+def _paired_seed_rows(summary: pd.DataFrame, baseline: dict, level: float) -> list[dict]:
+    """One paired t-test row per configuration × protocol × metric × measure, over the seeds
+    the configuration and its sequence's baseline both ran."""
     rows = []
     is_base = (summary["method"] == baseline["method"]) & (
         summary["strategy"] == baseline["strategy"]
@@ -166,22 +188,7 @@ def compare_seeds(
                     **test,
                 }
             )
-    columns = [
-        "sequence", "method", "strategy", "baseline", "protocol", "metric", "measure", "seeds",
-        "diff", "sd", "n", "ci_low", "ci_high", "t", "p",
-    ]  # fmt: skip
-    table = pd.DataFrame(rows, columns=columns)
-    table["p_holm"] = _family_holm(table, ["protocol", "metric"], "p") if len(table) else []
-    table["basis"] = np.where(table["p"].notna(), "paired t over seeds", "")
-    table["verdict"] = [
-        verdict(d, p, level) for d, p in zip(table["diff"], table["p_holm"], strict=True)
-    ]
-    table["mde"] = _mde(
-        table, ["protocol", "metric"], level, lambda row, a: stats.mde_t(row["sd"], row["n"], a)
-    )
-    if by_seed is not None and len(table):
-        _bootstrap_verdicts(table, by_seed)
-    return table
+    return rows
 
 
 def _bootstrap_verdicts(table: pd.DataFrame, by_seed: pd.DataFrame) -> None:
