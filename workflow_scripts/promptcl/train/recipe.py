@@ -45,7 +45,8 @@ class Setup:
     #: task -> candidate id, for every task trained with the run's strategy (the trained-prompt
     #: protocol evaluates each with it)
     evaluation: dict[str, int] = field(default_factory=dict)
-    replayed: list[dict] = field(default_factory=list)
+    #: the method's entries for the stage record about its extra training data (replay's)
+    extra: dict = field(default_factory=dict)
 
     @property
     def primary(self) -> PromptedDataset:
@@ -100,7 +101,6 @@ def set_up(spec: StageSpec) -> Setup:
     log.info("training prompt (%s): %s", job.run["strategy"], json.dumps(plan.record)[:300])
     parts = [PromptedDataset(plan.encodings, plan.choose)]
     joint = [c for c in job.companions if c["role"] == "joint"]
-    replayed = [c for c in job.companions if c["role"] == "replay"]
     evaluation = {job.task: plan}
     for companion in joint:
         table = pd.read_parquet(companion["candidates"])
@@ -111,20 +111,10 @@ def set_up(spec: StageSpec) -> Setup:
         evaluation[companion["task"]] = part
         parts.append(PromptedDataset(part.encodings, part.choose))
         log.info("jointly trained %s: %s", companion["task"], json.dumps(part.record)[:200])
-    records = []
-    if replayed:
-        from promptcl.methods.replay import ReplaySpec, replay_parts
-
-        records, mixed = replay_parts(
-            ReplaySpec.from_config(job.options["replay"]),
-            replayed,
-            len(parts[0]),
-            tokenizer,
-            spec.fmt,
-            spec.seed,
-        )
-        parts += mixed
-        log.info("replayed: %s", json.dumps(records))
+    extra = spec.method.extra_training_data(spec, tokenizer, len(parts[0]))
+    parts += extra.parts
+    for key, value in extra.record.items():
+        log.info("%s: %s", key, json.dumps(value))
     dataset = parts[0] if len(parts) == 1 else MixedDataset(parts)
     log.info(
         "stage %d of %s: %s on task %s, %d examples, %d process(es)%s",
@@ -149,7 +139,7 @@ def set_up(spec: StageSpec) -> Setup:
         penalty,
         loss_term,
         evaluation,  # plans for now: their evaluation candidate is asked after training
-        records,
+        extra.record,
     )
 
 
@@ -211,8 +201,7 @@ def _save_stage(spec: StageSpec, setup: Setup, result: StageResult, out: Path) -
             "candidate_id": cid,
             "instruction": cands.text_of(table, cid),
         }
-    if setup.replayed:
-        info["replayed"] = setup.replayed
+    info.update(setup.extra)
     info.update(
         spec.method.finish(
             setup.model,
