@@ -164,6 +164,30 @@ def test_sapo_rescoring_switches_prompts_and_checkpoints_its_history(
     assert resumed.current == 0 and resumed.history == saved
 
 
+def test_a_periodic_callback_acts_in_eval_mode_and_checkpoints_its_state(tmp_path):
+    """The training-loop part of re-scoring, for any strategy: every N steps but the last, in
+    eval mode (train mode restored), and the strategy's state written into each checkpoint."""
+    from types import SimpleNamespace
+
+    from promptcl.train.callbacks import every_steps_in_eval
+
+    seen: list[tuple[int, bool]] = []
+    callback = every_steps_in_eval(
+        2, lambda model, step: seen.append((step, model.training)), "state.json", lambda: "[7]"
+    )
+    model = torch.nn.Linear(2, 2).train()
+    args = SimpleNamespace(output_dir=str(tmp_path))
+    for step in range(1, 7):
+        callback.on_step_end(args, SimpleNamespace(global_step=step, max_steps=6), None, model)
+        assert model.training
+    assert seen == [(2, False), (4, False)]  # not after step 6, the last
+    (tmp_path / "checkpoint-4").mkdir()
+    for step in (4, 5):  # a checkpoint folder the Trainer did not write is not created
+        callback.on_save(args, SimpleNamespace(global_step=step, max_steps=6), None)
+    assert (tmp_path / "checkpoint-4" / "state.json").read_text() == "[7]"
+    assert not (tmp_path / "checkpoint-5").exists()
+
+
 # --- optimisation that does not depend on the launch ---------------------------------------------
 
 
