@@ -13,9 +13,10 @@ import torch
 from promptcl.methods import METHODS, build_stage_model
 from promptcl.model.modeling import adapter_name
 from promptcl.prompts.candidates import COLUMNS
-from promptcl.strategies import STRATEGIES, parse_strategy, training_instruction
+from promptcl.strategies import STRATEGIES, parse_strategy
 from tests.helpers import REPO
 from tests.helpers.stages import LORA, train
+from tests.helpers.strategies import training_instruction
 
 DOC = (REPO / "docs/development.md").read_text()
 
