@@ -166,9 +166,8 @@ def save(spec: StageSpec, setup: Setup, result: StageResult) -> dict:
     """The adapter folder with its stage record, the training log; the state folder removed.
 
     The folder is built under a temporary name and renamed once its manifest is written
-    (:func:`promptcl.store.integrity.staged_dir`): a job killed or out of disk while saving leaves
-    no
-    adapter folder that looks complete."""
+    (:func:`promptcl.store.integrity.staged_dir`, the save's one atomic layer): a job killed or
+    out of disk while saving leaves no adapter folder that looks complete."""
     job = spec.job
     with staged_dir(job.adapter_out, "train_stage") as out:
         info = _save_stage(spec, setup, result, out)
