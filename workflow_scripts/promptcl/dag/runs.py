@@ -23,6 +23,7 @@ from promptcl.tasks.files import (
     TaskSource,
     resolve_task,
 )
+from promptcl.train.specs import check_accumulation_keys
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -106,11 +107,10 @@ def check_sequences(config: dict) -> None:
 
 def check_training(config: dict) -> None:
     training = config["training"]
-    if training.get("grad_accum") is not None and training.get("global_batch_size") is not None:
-        raise ConfigError(
-            "training: set either training.grad_accum or training.global_batch_size, not both "
-            "(global_batch_size derives the accumulation from the process count)"
-        )
+    try:
+        check_accumulation_keys(training.get("grad_accum"), training.get("global_batch_size"))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def check_values(config: dict) -> None:
