@@ -81,36 +81,17 @@ def run_stage(job: StageJob, processes: int = 1) -> dict | None:
 
 
 def set_up(spec: StageSpec) -> Setup:
+    """The method's stage model, the strategy's plans (the task's and any jointly trained
+    task's), the method's extra data, penalty and loss term."""
     job = spec.job
-    spec.method.check_launch(spec.train)
-    model = spec.method.build_model(
-        Path(job.model_dir),
-        [Path(p) for p in job.previous],
-        spec.lora,
-        spec.stage,
-        spec.precision,
-        job.model["trust_remote_code"],
-        spec.seed[0],
-    )
-    attention = use_attention(model, job.model.get("attn_implementation", "auto"), training=True)
-    log.info("attention implementation for training: %s", attention)
+    model = _stage_model(spec)
     tokenizer = load_tokenizer(Path(job.model_dir), job.model["trust_remote_code"])
     candidates = pd.read_parquet(job.candidates)
     scores = pd.read_parquet(job.scores) if job.scores else None
     plan = _strategy_plan(spec, tokenizer, job.train, candidates, scores, spec.seed)
     log.info("training prompt (%s): %s", job.run["strategy"], json.dumps(plan.record)[:300])
-    parts = [PromptedDataset(plan.encodings, plan.choose)]
-    joint = [c for c in job.companions if c["role"] == "joint"]
-    evaluation = {job.task: plan}
-    for companion in joint:
-        table = pd.read_parquet(companion["candidates"])
-        scored = pd.read_parquet(companion["scores"]) if companion.get("scores") else None
-        # every jointly trained task draws from its own stream (PAFT, SAPO's sampling)
-        seed = (spec.seed[0], 1000 * int(companion["stage"]) + spec.stage)
-        part = _strategy_plan(spec, tokenizer, companion["train"], table, scored, seed)
-        evaluation[companion["task"]] = part
-        parts.append(PromptedDataset(part.encodings, part.choose))
-        log.info("jointly trained %s: %s", companion["task"], json.dumps(part.record)[:200])
+    evaluation = {job.task: plan, **_joint_plans(spec, tokenizer)}
+    parts = [PromptedDataset(p.encodings, p.choose) for p in evaluation.values()]
     extra = spec.method.extra_training_data(spec, tokenizer, len(parts[0]))
     parts += extra.parts
     for key, value in extra.record.items():
@@ -141,6 +122,38 @@ def set_up(spec: StageSpec) -> Setup:
         evaluation,  # plans for now: their evaluation candidate is asked after training
         extra.record,
     )
+
+
+def _stage_model(spec: StageSpec):
+    """The model the method trains stage k with, on the attention kernel for training."""
+    job = spec.job
+    spec.method.check_launch(spec.train)
+    model = spec.method.build_model(
+        Path(job.model_dir),
+        [Path(p) for p in job.previous],
+        spec.lora,
+        spec.stage,
+        spec.precision,
+        job.model["trust_remote_code"],
+        spec.seed[0],
+    )
+    attention = use_attention(model, job.model.get("attn_implementation", "auto"), training=True)
+    log.info("attention implementation for training: %s", attention)
+    return model
+
+
+def _joint_plans(spec: StageSpec, tokenizer) -> dict[str, TrainingPlan]:
+    """task -> the strategy's plan, for each earlier task the stage trains as its own."""
+    plans = {}
+    for companion in (c for c in spec.job.companions if c["role"] == "joint"):
+        table = pd.read_parquet(companion["candidates"])
+        scored = pd.read_parquet(companion["scores"]) if companion.get("scores") else None
+        # every jointly trained task draws from its own stream (PAFT, SAPO's sampling)
+        seed = (spec.seed[0], 1000 * int(companion["stage"]) + spec.stage)
+        part = _strategy_plan(spec, tokenizer, companion["train"], table, scored, seed)
+        plans[companion["task"]] = part
+        log.info("jointly trained %s: %s", companion["task"], json.dumps(part.record)[:200])
+    return plans
 
 
 def _strategy_plan(spec: StageSpec, tokenizer, train: str, candidates, scores, seed):
