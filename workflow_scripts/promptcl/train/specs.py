@@ -8,7 +8,7 @@ none of them. Callers without a validated config (benchmarks, tests) start from
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 #: the workflow's config schema (its defaults are the specs' defaults)
@@ -87,23 +87,23 @@ class TrainSpec:
     length_grouping: int
     #: each micro-batch's examples in one row with per-example attention boundaries, no padding
     packing: bool
+    #: a launch key, not read from the config: the stage job sets the DeepSpeed config the
+    #: launch uses (None: none)
+    deepspeed: str | None
     seed: int
     precision: str
-    #: a launch key: the stage job sets it where the launch uses DeepSpeed
-    deepspeed: str | None = None
     extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, cfg: dict, seed: int, precision: str) -> TrainSpec:
         """From the validated ``training`` section without its launch keys (``deepspeed`` may
         stay: the stage job replaces it by what the launch uses)."""
-        known = {f.name for f in fields(cls) if f.name not in ("seed", "precision", "extra")}
-        unknown = set(cfg) - known
+        keys = [f.name for f in fields(cls) if f.name not in ("seed", "precision", "extra")]
+        unknown = set(cfg) - set(keys)
         if unknown:
             raise ValueError(f"training: unknown keys {sorted(unknown)}")
-        required = [f.name for f in fields(cls) if f.default is MISSING and f.name in known]
-        _require(cfg, "training", required)
-        return cls(**cfg, seed=seed, precision=precision)
+        _require(cfg, "training", [key for key in keys if key != "deepspeed"])
+        return cls(**{"deepspeed": None, **cfg}, seed=seed, precision=precision)
 
     def batching(self, processes: int) -> dict[str, int]:
         """Processes, micro-batch, accumulation and effective batch of a launch."""
