@@ -53,7 +53,8 @@ from promptcl.prompts.prompting import PromptFormat, encode  # noqa: E402
 from promptcl.tasks.files import TaskSource, read_split, resolve_task  # noqa: E402
 from promptcl.train import trainer as trainer_module  # noqa: E402
 from promptcl.train.data import encode_table  # noqa: E402
-from promptcl.train.specs import LoraSpec, TrainSpec  # noqa: E402
+from promptcl.train.job import LAUNCH_KEYS  # noqa: E402
+from promptcl.train.specs import LoraSpec, TrainSpec, schema_defaults  # noqa: E402
 from promptcl.train.trainer import fit  # noqa: E402
 
 
@@ -142,11 +143,12 @@ def train_once(
     grouped: bool,
     packed: bool = False,
 ):
-    model = build_stage_model(folder, [], LoraSpec(), 1, precision)
+    lora = LoraSpec.from_config(schema_defaults("lora"))
+    model = build_stage_model(folder, [], lora, 1, precision)
     use_attention(model, "sdpa" if legacy else ATTENTION, training=True)
-    spec = TrainSpec(
-        batch_size=batch, save_steps=10_000, seed=0, precision=precision, packing=packed
-    )
+    training = {k: v for k, v in schema_defaults("training").items() if k not in LAUNCH_KEYS}
+    training.update(batch_size=batch, save_steps=10_000, packing=packed)
+    spec = TrainSpec.from_config(training, seed=0, precision=precision)
     if not grouped:  # random batches, as before training.length_grouping
         spec = replace(spec, length_grouping=0)
     trainer_module.LOGITS_AS_INDICES = not legacy

@@ -13,7 +13,7 @@ from promptcl.model.modeling import adapter_name
 from promptcl.prompts.candidates import make_table
 from promptcl.prompts.prompting import PromptFormat
 from promptcl.train.data import encode_table
-from promptcl.train.specs import LoraSpec, TrainSpec
+from promptcl.train.specs import LoraSpec, TrainSpec, schema_defaults
 from promptcl.train.trainer import fit
 
 FMT = PromptFormat()
@@ -33,10 +33,18 @@ def table(n: int, label: str) -> pd.DataFrame:
     )
 
 
+def training(**kw) -> dict:
+    """The schema's ``training`` section without its launch keys, with ``kw`` over it."""
+    from promptcl.train.job import LAUNCH_KEYS
+
+    defaults = {k: v for k, v in schema_defaults("training").items() if k not in LAUNCH_KEYS}
+    return {**defaults, **kw}
+
+
 def spec(**kw) -> TrainSpec:
+    """The schema's training settings with the tests' short stage (``kw`` over both)."""
     base = dict(epochs=1, learning_rate=5e-3, batch_size=4, save_steps=2, logging_steps=1)
-    base.update(kw)
-    return TrainSpec(**base, seed=0, precision="fp32")
+    return TrainSpec.from_config(training(**{**base, **kw}), seed=0, precision="fp32")
 
 
 def train(model_dir, tokenizer, prev, stage, out_root: Path, label: str, **kw) -> Path:
@@ -70,7 +78,7 @@ def stage_job(root: Path, model_dir: Path, method: str = "inclora", options: dic
         state_dir=str(root / "state"),
         model={"precision": "fp32", "trust_remote_code": False},
         prompt={},
-        lora={},
-        training={},
+        lora=schema_defaults("lora"),
+        training=schema_defaults("training"),
         options=options or {},
     )

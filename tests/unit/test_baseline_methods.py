@@ -138,6 +138,29 @@ def test_replayed_examples_keep_the_prompt_their_stage_trained_with(tmp_path, ti
     assert "Say the label." in tiny_tokenizer.decode(parts[0][0]["input_ids"])
 
 
+def test_replay_adds_its_samples_through_the_method_hook(tmp_path, tiny_tokenizer):
+    """The stage recipe asks the method for extra data: replay's is exactly replay_parts' (same
+    rows, same order), keyed ``replayed`` in the stage record; joint companions are not its."""
+    from types import SimpleNamespace
+
+    companions = [_companion(tmp_path, "t1", 1, 20, 2), _companion(tmp_path, "t2", 2, 3, 0)]
+    joint = {**companions[0], "role": "joint", "task": "j"}
+    options = {"replay": {"examples": 8, "max_per_task": 5}}
+    job = SimpleNamespace(companions=[joint, *companions], options=options)
+    spec = SimpleNamespace(job=job, fmt=FMT, seed=(0, 3))
+    extra = METHODS["replay"].extra_training_data(spec, tiny_tokenizer, 16)
+    records, parts = replay_parts(
+        ReplaySpec(examples=8, max_per_task=5), companions, 16, tiny_tokenizer, FMT, (0, 3)
+    )
+    assert extra.record == {"replayed": records}
+    assert [[e["input_ids"] for e in p] for p in extra.parts] == [
+        [e["input_ids"] for e in p] for p in parts
+    ]
+    for name in ("seqlora", "inclora", "multitask"):
+        none = METHODS[name].extra_training_data(spec, tiny_tokenizer, 16)
+        assert none.parts == [] and none.record == {}
+
+
 def _replayed(spec, companions, sizes, stage, tokenizer, seed=0) -> dict[str, dict]:
     """Stage ``stage``'s replay records by task (the companions of the stages before it)."""
     earlier = [c for c in companions if c["stage"] < stage]

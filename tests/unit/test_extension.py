@@ -28,10 +28,11 @@ from promptcl.model.modeling import adapter_name
 from promptcl.prompts.backends import BACKENDS, ParaphraseJob, backend_of
 from promptcl.prompts.candidates import COLUMNS
 from promptcl.prompts.paraphrase import ValidationSpec
-from promptcl.strategies import STRATEGIES, parse_strategy, training_instruction
+from promptcl.strategies import STRATEGIES, parse_strategy
 from tests.helpers import REPO
 from tests.helpers.plans import plan_of
 from tests.helpers.stages import LORA, train
+from tests.helpers.strategies import training_instruction
 
 DOC = (REPO / "docs/development.md").read_text()
 

@@ -236,17 +236,45 @@ def test_a_full_disk_while_building_a_folder_leaves_no_folder(tmp_path):
 
 
 def test_a_failed_adapter_save_leaves_no_adapter_folder(tmp_path):
+    """The stage's save as recipe.save does it: the adapter written into the staged folder,
+    the one atomic layer; a full disk in PEFT's writer leaves neither folder nor temporary."""
     from promptcl.model.adapters import save_adapter
 
     class FullDisk:
         def save_pretrained(self, folder, **kwargs):
-            fake_safetensors(Path(folder) / "adapter_model.safetensors")
+            Path(folder, "stage_1").mkdir(parents=True)
+            fake_safetensors(Path(folder) / "stage_1" / "adapter_model.safetensors")
             enospc()
 
-    out = tmp_path / "adapter"
-    with pytest.raises(OSError):
-        save_adapter(FullDisk(), "stage_1", out, "base")
+    out = tmp_path / f"results/{RUN}/stage_1/adapter"
+    with pytest.raises(OSError), integrity.staged_dir(out, "train_stage") as folder:
+        save_adapter(FullDisk(), "stage_1", folder, "base")
     assert not out.exists() and no_temporaries(tmp_path) == []
+
+
+def test_a_saved_adapter_is_a_flat_peft_folder_without_temporaries(tmp_path):
+    """PEFT writes a named adapter into a subfolder (with a model card beside it): the adapter
+    folder holds that subfolder's files only, and nothing of the scratch it was written to."""
+    from promptcl.model.adapters import save_adapter
+
+    class Peft:
+        def save_pretrained(self, folder, selected_adapters, **kwargs):
+            (Path(folder) / selected_adapters[0]).mkdir(parents=True)
+            (Path(folder) / "README.md").write_text("card")
+            fake_safetensors(Path(folder) / selected_adapters[0] / "adapter_model.safetensors")
+            config = Path(folder) / selected_adapters[0] / "adapter_config.json"
+            config.write_text('{"r": 4}')
+
+    out = tmp_path / f"results/{RUN}/stage_1/adapter"
+    with integrity.staged_dir(out, "train_stage") as folder:
+        save_adapter(Peft(), "stage_1", folder, "base")
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["adapter_config.json", "adapter_model.safetensors", integrity.MANIFEST]
+    assert json.loads((out / "adapter_config.json").read_text()) == {
+        "base_model_name_or_path": "base",
+        "r": 4,
+    }
+    assert no_temporaries(tmp_path) == []
 
 
 def _child(code: str, tmp_path: Path) -> subprocess.Popen:

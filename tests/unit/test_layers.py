@@ -39,6 +39,9 @@ def imports(path: Path, known: dict[str, Path], lazy: bool = True) -> set[str]:
     """Every promptcl module ``path`` imports at module level, and with ``lazy`` inside a
     function too."""
     tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):  # annotations only: never executed, so never a cycle
+        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING"):
+            node.body = []
     out = set()
     for node in ast.walk(tree) if lazy else tree.body:
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("promptcl"):

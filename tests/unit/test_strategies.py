@@ -17,8 +17,8 @@ from promptcl.strategies import (
     needs_scores,
     parse_strategy,
     select_sapo,
-    training_instruction,
 )
+from tests.helpers.strategies import training_instruction
 
 # chi-square critical value, 4 degrees of freedom, p = 0.001: the draws are seeded, so this only
 # has to reject clearly non-uniform outcomes, never flake.

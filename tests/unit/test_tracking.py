@@ -76,16 +76,13 @@ def tracked(tiny_model_dir, tmp_path_factory) -> Path:
     try:
         first = stage_job(work / "s1", tiny_model_dir, "olora", options)
         _scores().to_parquet(work / "s1" / "scores.parquet")
+        small = {**first.training, "batch_size": 2}
         first = replace(
-            first, scores=str(work / "s1" / "scores.parquet"), training={"batch_size": 2},
-            tracking=ON,
-        )  # fmt: skip
+            first, scores=str(work / "s1" / "scores.parquet"), training=small, tracking=ON
+        )
         run_stage(first)
         second = stage_job(work / "s2", tiny_model_dir, "olora", options)
-        second = replace(
-            second, stage=2, previous=[first.adapter_out], training={"batch_size": 2},
-            tracking=ON,
-        )  # fmt: skip
+        second = replace(second, stage=2, previous=[first.adapter_out], training=small, tracking=ON)
         run_stage(second)
         track_run_metrics(ON, RUN, *_aggregation())
     finally:

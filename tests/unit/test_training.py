@@ -17,10 +17,10 @@ from promptcl.model.batching import PadCollator
 from promptcl.model.modeling import load_base_model, load_state
 from promptcl.prompts.prompting import IGNORE_INDEX
 from promptcl.train.data import encode_table
-from promptcl.train.specs import TrainSpec
+from promptcl.train.specs import SCHEMA, TrainSpec, schema_defaults
 from promptcl.train.trainer import fit
 from tests.helpers.models import tiny_gemma3
-from tests.helpers.stages import FMT, LORA, spec, stage_job, table, train
+from tests.helpers.stages import FMT, LORA, spec, stage_job, table, train, training
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +164,30 @@ def test_sapo_rescoring_switches_prompts_and_checkpoints_its_history(
     assert resumed.current == 0 and resumed.history == saved
 
 
+def test_a_periodic_callback_acts_in_eval_mode_and_checkpoints_its_state(tmp_path):
+    """The training-loop part of re-scoring, for any strategy: every N steps but the last, in
+    eval mode (train mode restored), and the strategy's state written into each checkpoint."""
+    from types import SimpleNamespace
+
+    from promptcl.train.callbacks import every_steps_in_eval
+
+    seen: list[tuple[int, bool]] = []
+    callback = every_steps_in_eval(
+        2, lambda model, step: seen.append((step, model.training)), "state.json", lambda: "[7]"
+    )
+    model = torch.nn.Linear(2, 2).train()
+    args = SimpleNamespace(output_dir=str(tmp_path))
+    for step in range(1, 7):
+        callback.on_step_end(args, SimpleNamespace(global_step=step, max_steps=6), None, model)
+        assert model.training
+    assert seen == [(2, False), (4, False)]  # not after step 6, the last
+    (tmp_path / "checkpoint-4").mkdir()
+    for step in (4, 5):  # a checkpoint folder the Trainer did not write is not created
+        callback.on_save(args, SimpleNamespace(global_step=step, max_steps=6), None)
+    assert (tmp_path / "checkpoint-4" / "state.json").read_text() == "[7]"
+    assert not (tmp_path / "checkpoint-5").exists()
+
+
 # --- optimisation that does not depend on the launch ---------------------------------------------
 
 
@@ -181,7 +205,10 @@ def test_warmup_ratio_is_a_ratio_over_its_whole_range(tiny_model_dir, tiny_token
 def test_global_batch_size_derives_the_accumulation_from_the_process_count():
     from promptcl.train.specs import accumulation_steps
 
-    spec = TrainSpec(batch_size=8, global_batch_size=64)
+    def spec_of(**kw) -> TrainSpec:
+        return TrainSpec.from_config(training(**kw), seed=0, precision="fp32")
+
+    spec = spec_of(batch_size=8, global_batch_size=64)
     assert [accumulation_steps(spec, p) for p in (1, 2, 4, 8)] == [8, 4, 2, 1]
     assert spec.batching(4) == {
         "processes": 4,
@@ -192,9 +219,34 @@ def test_global_batch_size_derives_the_accumulation_from_the_process_count():
     with pytest.raises(ValueError, match="training.global_batch_size=64 is not a multiple"):
         accumulation_steps(spec, 3)
     with pytest.raises(ValueError, match="not both"):
-        accumulation_steps(TrainSpec(batch_size=8, grad_accum=2, global_batch_size=64), 1)
-    assert accumulation_steps(TrainSpec(grad_accum=3), 8) == 3
-    assert accumulation_steps(TrainSpec(), 8) == 1
+        accumulation_steps(spec_of(batch_size=8, grad_accum=2, global_batch_size=64), 1)
+    assert accumulation_steps(spec_of(grad_accum=3), 8) == 3
+    assert accumulation_steps(spec_of(), 8) == 1
+
+
+def test_specs_take_their_defaults_from_the_validated_config_and_name_a_missing_key():
+    """The schema is the one home of the training and LoRA defaults: snakemake's validate fills
+    them in, the specs read them (a config that skipped validation fails naming the key)."""
+    import yaml
+    from snakemake.utils import validate
+
+    from promptcl.train.job import LAUNCH_KEYS
+    from promptcl.train.specs import LoraSpec
+
+    config = yaml.safe_load((SCHEMA.parents[1] / "config/config.yaml").read_text())
+    del config["training"], config["lora"]
+    validate(config, str(SCHEMA))
+    assert config["training"] == schema_defaults("training")
+    assert LoraSpec.from_config(config["lora"]) == LoraSpec(8, 32, 0.1, ("q_proj", "v_proj"))
+    cfg = {k: v for k, v in config["training"].items() if k not in LAUNCH_KEYS}
+    assert TrainSpec.from_config(cfg, seed=0, precision="fp32") == spec(
+        epochs=1, learning_rate=1e-3, batch_size=8, save_steps=50
+    )
+    del cfg["save_steps"]
+    with pytest.raises(ValueError, match=r"^training\.save_steps: missing from the config"):
+        TrainSpec.from_config(cfg, seed=0, precision="fp32")
+    with pytest.raises(ValueError, match=r"^lora\.alpha: missing from the config"):
+        LoraSpec.from_config({k: v for k, v in config["lora"].items() if k != "alpha"})
 
 
 # --- safe resume ---------------------------------------------------------------------------------

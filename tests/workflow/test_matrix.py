@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from promptcl.methods import METHODS
-from promptcl.strategies import CRITERIA
+from promptcl.prompts.scores import CRITERIA
 from tests.helpers.workflow import STRATEGIES, pair_run
 
 

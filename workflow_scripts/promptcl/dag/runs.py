@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
 
-from promptcl.errors import ConfigError, hf_folder
+from promptcl.errors import ConfigError, check_accumulation_keys, hf_folder
 from promptcl.prompts.prompting import PromptFormat
 from promptcl.store.paths import RESERVED
 from promptcl.tasks.files import (
@@ -102,11 +102,7 @@ def check_sequences(config: dict) -> None:
 
 def check_training(config: dict) -> None:
     training = config["training"]
-    if training.get("grad_accum") is not None and training.get("global_batch_size") is not None:
-        raise ConfigError(
-            "training: set either training.grad_accum or training.global_batch_size, not both "
-            "(global_batch_size derives the accumulation from the process count)"
-        )
+    check_accumulation_keys(training.get("grad_accum"), training.get("global_batch_size"))
 
 
 def check_values(config: dict) -> None:

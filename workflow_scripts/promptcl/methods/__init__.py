@@ -13,8 +13,9 @@ One module per method, registered in :data:`METHODS`:
 
 A method declares what the DAG needs (the adapters of the state before and after stage k, its
 config sections), refuses launches it cannot run under, builds its stage model and may add a
-weight penalty. Adding one is one new module here, its line in :data:`METHODS` and the schema's
-enum. The DAG imports this package without torch.
+weight penalty, a loss term or extra training data (:meth:`Method.extra_training_data`).
+Adding one is one new module here, its line in :data:`METHODS` and the schema's enum. The DAG
+imports this package without torch.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from promptcl.methods.base import CONFIG_KEY, Method
+from promptcl.methods.base import CONFIG_KEY, ExtraData, Method
 from promptcl.methods.ewc import EWC
 from promptcl.methods.inclora import IncLoRA
 from promptcl.methods.lwf import LwF
@@ -38,7 +39,7 @@ METHODS: dict[str, Method] = {
     for m in (IncLoRA(), OLoRA(), SeqLoRA(), Replay(), EWC(), LwF(), Single(), Multitask())
 }
 
-__all__ = ["METHODS", "Method", "build_stage_model", "method_of"]
+__all__ = ["METHODS", "ExtraData", "Method", "build_stage_model", "method_of"]
 
 
 def method_of(name: str) -> Method:

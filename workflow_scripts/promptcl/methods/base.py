@@ -4,12 +4,25 @@ builds. Torch-free at import (the DAG imports the registry); model code is impor
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from promptcl.train.specs import LoraSpec, TrainSpec
 
+if TYPE_CHECKING:
+    from promptcl.train.job import StageSpec
+
 CONFIG_KEY = "runs.methods"
+
+
+@dataclass
+class ExtraData:
+    """Training data a method adds to a stage's own (replay's rehearsal rows): one dataset per
+    part, mixed after the stage's tasks, and the entries the stage record keeps about them."""
+
+    parts: list = field(default_factory=list)
+    record: dict = field(default_factory=dict)
 
 
 class Method:
@@ -98,6 +111,12 @@ class Method:
         weights come from the checkpoint anyway) reproduce the same adapter.
         """
         raise NotImplementedError
+
+    def extra_training_data(self, spec: StageSpec, tokenizer, current: int) -> ExtraData:
+        """Datasets stage k trains on besides its tasks' (``replay``'s samples of earlier tasks),
+        built from ``spec.job.companions``; ``current``: the current task's training examples.
+        None by default, so the stage recipe never needs to know a concrete method."""
+        return ExtraData()
 
     def penalty(self, stage: int, options: dict, previous: Sequence[Path] = ()):
         """A weight penalty added once per optimiser update (see promptcl.train.trainer), or None.

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from promptcl.methods.base import ExtraData
 from promptcl.methods.seqlora import SeqLoRA
 
 PROMPTS = ("trained", "original")
@@ -129,6 +130,15 @@ class Replay(SeqLoRA):
 
     def replayed_stages(self, stage: int) -> list[int]:
         return list(range(1, stage))
+
+    def extra_training_data(self, spec, tokenizer, current: int) -> ExtraData:
+        """The earlier tasks' samples (:func:`replay_parts`); the stage record's ``replayed``."""
+        companions = [c for c in spec.job.companions if c["role"] == "replay"]
+        if not companions:
+            return ExtraData()
+        options = ReplaySpec.from_config(spec.job.options["replay"])
+        records, parts = replay_parts(options, companions, current, tokenizer, spec.fmt, spec.seed)
+        return ExtraData(parts=parts, record={"replayed": records})
 
 
 def replayed_candidate(record_dir: str, task: str) -> int:

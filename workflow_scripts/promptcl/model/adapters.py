@@ -7,12 +7,15 @@ finished state for evaluation is :func:`promptcl.model.modeling.load_state`.
 from __future__ import annotations
 
 import json
-import tempfile
+import shutil
 from pathlib import Path
 
 from promptcl.model.modeling import adapter_name, attach_adapters
-from promptcl.store.integrity import replace_dir, verify_dir
+from promptcl.store.integrity import verify_dir
 from promptcl.train.specs import LoraSpec
+
+#: where PEFT writes inside the adapter folder before its files are moved up
+SCRATCH = ".peft-save"
 
 
 def new_lora(model, lora: LoraSpec, stage: int, previous: list[Path] | None = None):
@@ -58,23 +61,25 @@ def trainable_adapter(model) -> str:
 def save_adapter(
     model, name: str, out_dir: Path, base_model_path: str, state_dict: dict | None = None
 ) -> None:
-    """Write only the new stage's LoRA as a standard PEFT folder (``PeftModel.from_pretrained``).
+    """Write only the new stage's LoRA into ``out_dir`` as a standard PEFT folder
+    (``PeftModel.from_pretrained``). ``state_dict``: weights gathered from DeepSpeed ZeRO-3
+    shards (the model's own are empty).
 
-    Written under a temporary name beside ``out_dir`` and renamed into place, so a failed save
-    (a full disk) never leaves a half-written ``out_dir``. ``state_dict``: weights gathered from
-    DeepSpeed ZeRO-3 shards (the model's own are empty)."""
+    Not atomic on its own: the stage recipe saves into the folder
+    :func:`promptcl.store.integrity.staged_dir` builds and renames into place once the stage
+    record and a method's files are written beside the adapter (one atomic layer, so a killed
+    save leaves only that staging folder, which the next attempt clears)."""
     out_dir = Path(out_dir)
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-") as tmp:
-        model.save_pretrained(tmp, selected_adapters=[name], state_dict=state_dict)
-        src = Path(tmp) / name if (Path(tmp) / name).is_dir() else Path(tmp)
-        cfg_path = src / "adapter_config.json"
-        cfg = json.loads(cfg_path.read_text())
-        cfg["base_model_name_or_path"] = base_model_path
-        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
-        if src == Path(tmp):  # the temporary folder itself: move its content into a subfolder
-            src = Path(tmp) / "adapter"
-            src.mkdir()
-            for item in Path(tmp).iterdir():
-                if item != src:
-                    item.rename(src / item.name)
-        replace_dir(src, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scratch = out_dir / SCRATCH
+    shutil.rmtree(scratch, ignore_errors=True)
+    model.save_pretrained(scratch, selected_adapters=[name], state_dict=state_dict)
+    # PEFT writes a named adapter into a subfolder of its own (and a model card beside it)
+    src = scratch / name if (scratch / name).is_dir() else scratch
+    cfg_path = src / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = base_model_path
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    for item in list(src.iterdir()):
+        item.rename(out_dir / item.name)
+    shutil.rmtree(scratch)

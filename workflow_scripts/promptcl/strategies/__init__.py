@@ -14,9 +14,6 @@ is one new module here, its line in :data:`STRATEGIES` and the schema's pattern.
 
 from __future__ import annotations
 
-import pandas as pd
-
-from promptcl.prompts import candidates as cands
 from promptcl.strategies.base import CONFIG_KEY, PlanContext, Strategy, TrainingPlan
 from promptcl.strategies.fixed import Fixed
 from promptcl.strategies.original import Original
@@ -36,7 +33,6 @@ __all__ = [
     "parse_strategy",
     "select_sapo",
     "strategy_of",
-    "training_instruction",
 ]
 
 
@@ -71,23 +67,3 @@ def strategy_of(name: str) -> tuple[Strategy, int | None]:
 def needs_scores(name: str) -> bool:
     """Whether a stage must score the candidates with the current model before training."""
     return strategy_of(name)[0].needs_scores
-
-
-def training_instruction(
-    candidates: pd.DataFrame,
-    name: str,
-    scores: pd.DataFrame | None = None,
-    options: SapoOptions | None = None,
-    seed=0,
-) -> tuple[int, str]:
-    """(candidate_id, text) of the single instruction a stage trains with.
-
-    Only valid, not held-out candidates are eligible, whatever their scores. PAFT has no single
-    instruction: use :class:`PaftSampler`.
-    """
-    strategy, argument = strategy_of(name)
-    if isinstance(strategy, Paft):
-        raise ValueError("strategy paft draws a candidate per example; use PaftSampler")
-    sapo = {"sapo": vars(options) if options is not None else {}}
-    cid = strategy.initial_candidate(candidates, argument, scores, sapo, seed)
-    return cid, cands.text_of(candidates, cid)

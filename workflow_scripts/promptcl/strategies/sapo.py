@@ -130,30 +130,18 @@ def rescore_callback(
     seed: tuple[int, ...],
 ):
     """A TrainerCallback that re-scores every ``every`` steps; sampled choices draw from
-    ``(*seed, step)`` (the stage passes its ``(run seed, stage)``)."""
-    from transformers import TrainerCallback
+    ``(*seed, step)`` (the stage passes its ``(run seed, stage)``). The training loop's part
+    (eval mode, checkpointed history) is :func:`promptcl.train.callbacks.every_steps_in_eval`."""
+    from promptcl.train.callbacks import every_steps_in_eval
 
-    class Rescore(TrainerCallback):
-        def on_step_end(self, args, state, control, model=None, **kwargs):
-            if state.global_step % every or state.global_step >= state.max_steps:
-                return
-            was_training = model.training
-            model.eval()
-            scores = scorer(model)
-            if was_training:
-                model.train()
-            chosen = select_sapo(scores, options, (*seed, state.global_step))
-            if chosen != selection.current:
-                log.warning("step %d: switching to candidate %d", state.global_step, chosen)
-            selection.current = chosen
-            selection.history.append({"step": state.global_step, "candidate_id": chosen})
+    def rescore(model, step: int) -> None:
+        chosen = select_sapo(scorer(model), options, (*seed, step))
+        if chosen != selection.current:
+            log.warning("step %d: switching to candidate %d", step, chosen)
+        selection.current = chosen
+        selection.history.append({"step": step, "candidate_id": chosen})
 
-        def on_save(self, args, state, control, **kwargs):
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if folder.is_dir():
-                (folder / HISTORY_FILE).write_text(json.dumps(selection.history))
-
-    return Rescore()
+    return every_steps_in_eval(every, rescore, HISTORY_FILE, lambda: json.dumps(selection.history))
 
 
 class Sapo(Strategy):

@@ -46,7 +46,8 @@ class Setup:
     #: task -> candidate id, for every task trained with the run's strategy (the trained-prompt
     #: protocol evaluates each with it)
     evaluation: dict[str, int] = field(default_factory=dict)
-    replayed: list[dict] = field(default_factory=list)
+    #: the method's entries for the stage record about its extra training data (replay's)
+    extra: dict = field(default_factory=dict)
 
     @property
     def primary(self) -> PromptedDataset:
@@ -85,51 +86,21 @@ def run_stage(job: StageJob, processes: int = 1) -> dict | None:
 
 
 def set_up(spec: StageSpec) -> Setup:
+    """The method's stage model, the strategy's plans (the task's and any jointly trained
+    task's), the method's extra data, penalty and loss term."""
     job = spec.job
-    spec.method.check_launch(spec.train)
-    model = spec.method.build_model(
-        Path(job.model_dir),
-        [Path(p) for p in job.previous],
-        spec.lora,
-        spec.stage,
-        spec.precision,
-        job.model["trust_remote_code"],
-        spec.seed[0],
-    )
-    attention = use_attention(model, job.model.get("attn_implementation", "auto"), training=True)
-    log.info("attention implementation for training: %s", attention)
+    model = _stage_model(spec)
     tokenizer = load_tokenizer(Path(job.model_dir), job.model["trust_remote_code"])
     candidates = pd.read_parquet(job.candidates)
     scores = pd.read_parquet(job.scores) if job.scores else None
     plan = _strategy_plan(spec, tokenizer, job.train, candidates, scores, spec.seed)
     log.info("training prompt (%s): %s", job.run["strategy"], json.dumps(plan.record)[:300])
-    parts = [PromptedDataset(plan.encodings, plan.choose)]
-    joint = [c for c in job.companions if c["role"] == "joint"]
-    replayed = [c for c in job.companions if c["role"] == "replay"]
-    evaluation = {job.task: plan}
-    for companion in joint:
-        table = pd.read_parquet(companion["candidates"])
-        scored = pd.read_parquet(companion["scores"]) if companion.get("scores") else None
-        # every jointly trained task draws from its own stream (PAFT, SAPO's sampling)
-        seed = (spec.seed[0], 1000 * int(companion["stage"]) + spec.stage)
-        part = _strategy_plan(spec, tokenizer, companion["train"], table, scored, seed)
-        evaluation[companion["task"]] = part
-        parts.append(PromptedDataset(part.encodings, part.choose))
-        log.info("jointly trained %s: %s", companion["task"], json.dumps(part.record)[:200])
-    records = []
-    if replayed:
-        from promptcl.methods.replay import ReplaySpec, replay_parts
-
-        records, mixed = replay_parts(
-            ReplaySpec.from_config(job.options["replay"]),
-            replayed,
-            len(parts[0]),
-            tokenizer,
-            spec.fmt,
-            spec.seed,
-        )
-        parts += mixed
-        log.info("replayed: %s", json.dumps(records))
+    evaluation = {job.task: plan, **_joint_plans(spec, tokenizer)}
+    parts = [PromptedDataset(p.encodings, p.choose) for p in evaluation.values()]
+    extra = spec.method.extra_training_data(spec, tokenizer, len(parts[0]))
+    parts += extra.parts
+    for key, value in extra.record.items():
+        log.info("%s: %s", key, json.dumps(value))
     dataset = parts[0] if len(parts) == 1 else MixedDataset(parts)
     log.info(
         "stage %d of %s: %s on task %s, %d examples, %d process(es)%s",
@@ -154,8 +125,40 @@ def set_up(spec: StageSpec) -> Setup:
         penalty,
         loss_term,
         evaluation,  # plans for now: their evaluation candidate is asked after training
-        records,
+        extra.record,
     )
+
+
+def _stage_model(spec: StageSpec):
+    """The model the method trains stage k with, on the attention kernel for training."""
+    job = spec.job
+    spec.method.check_launch(spec.train)
+    model = spec.method.build_model(
+        Path(job.model_dir),
+        [Path(p) for p in job.previous],
+        spec.lora,
+        spec.stage,
+        spec.precision,
+        job.model["trust_remote_code"],
+        spec.seed[0],
+    )
+    attention = use_attention(model, job.model.get("attn_implementation", "auto"), training=True)
+    log.info("attention implementation for training: %s", attention)
+    return model
+
+
+def _joint_plans(spec: StageSpec, tokenizer) -> dict[str, TrainingPlan]:
+    """task -> the strategy's plan, for each earlier task the stage trains as its own."""
+    plans = {}
+    for companion in (c for c in spec.job.companions if c["role"] == "joint"):
+        table = pd.read_parquet(companion["candidates"])
+        scored = pd.read_parquet(companion["scores"]) if companion.get("scores") else None
+        # every jointly trained task draws from its own stream (PAFT, SAPO's sampling)
+        seed = (spec.seed[0], 1000 * int(companion["stage"]) + spec.stage)
+        part = _strategy_plan(spec, tokenizer, companion["train"], table, scored, seed)
+        plans[companion["task"]] = part
+        log.info("jointly trained %s: %s", companion["task"], json.dumps(part.record)[:200])
+    return plans
 
 
 def _strategy_plan(spec: StageSpec, tokenizer, train: str, candidates, scores, seed):
@@ -181,9 +184,8 @@ def save(spec: StageSpec, setup: Setup, result: StageResult) -> dict:
     """The adapter folder with its stage record, the training log; the state folder removed.
 
     The folder is built under a temporary name and renamed once its manifest is written
-    (:func:`promptcl.store.integrity.staged_dir`): a job killed or out of disk while saving leaves
-    no
-    adapter folder that looks complete."""
+    (:func:`promptcl.store.integrity.staged_dir`, the save's one atomic layer): a job killed or
+    out of disk while saving leaves no adapter folder that looks complete."""
     job = spec.job
     with staged_dir(job.adapter_out, "train_stage") as out:
         info = _save_stage(spec, setup, result, out)
@@ -216,8 +218,7 @@ def _save_stage(spec: StageSpec, setup: Setup, result: StageResult, out: Path) -
             "candidate_id": cid,
             "instruction": cands.text_of(table, cid),
         }
-    if setup.replayed:
-        info["replayed"] = setup.replayed
+    info.update(setup.extra)
     info.update(
         spec.method.finish(
             setup.model,

@@ -1,26 +1,58 @@
-"""The typed settings of a stage's training, resolved once from the config (torch-free)."""
+"""The typed settings of a stage's training, resolved once from the config (torch-free).
+
+Their defaults are the schema's (``config/schema.yaml``), which snakemake's ``validate`` fills
+into the config before any job sees it: the specs read every key from that config and repeat
+none of them. Callers without a validated config (benchmarks, tests) start from
+:func:`schema_defaults`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from promptcl.errors import check_accumulation_keys
+
+#: the workflow's config schema (its defaults are the specs' defaults)
+SCHEMA = Path(__file__).resolve().parents[3] / "config" / "schema.yaml"
+
+
+def schema_defaults(section: str) -> dict:
+    """The schema's defaults of a top-level config section: what ``validate`` fills in."""
+    import yaml
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    properties = schema["properties"][section]["properties"]
+    return {key: prop["default"] for key, prop in properties.items() if "default" in prop}
+
+
+def _require(cfg: dict, section: str, keys) -> None:
+    """Every key of the section, or an error naming the first missing one."""
+    missing = [key for key in keys if key not in cfg]
+    if missing:
+        raise ValueError(
+            f"{section}.{missing[0]}: missing from the config (the schema's default is filled "
+            f"in when the config is validated; missing: {', '.join(missing)})"
+        )
 
 
 @dataclass(frozen=True)
 class LoraSpec:
-    """``config.yaml: lora`` (paper defaults)."""
+    """``config.yaml: lora`` (the schema's defaults are the paper's)."""
 
-    r: int = 8
-    alpha: int = 32
-    dropout: float = 0.1
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    r: int
+    alpha: int
+    dropout: float
+    target_modules: tuple[str, ...]
 
     @classmethod
     def from_config(cls, cfg: dict) -> LoraSpec:
+        _require(cfg, "lora", [f.name for f in fields(cls)])
         return cls(
-            r=int(cfg.get("r", 8)),
-            alpha=int(cfg.get("alpha", 32)),
-            dropout=float(cfg.get("dropout", 0.1)),
-            target_modules=tuple(cfg.get("target_modules", ("q_proj", "v_proj"))),
+            r=int(cfg["r"]),
+            alpha=int(cfg["alpha"]),
+            dropout=float(cfg["dropout"]),
+            target_modules=tuple(cfg["target_modules"]),
         )
 
     def peft_config(self):
@@ -40,35 +72,40 @@ class LoraSpec:
 class TrainSpec:
     """``config.yaml: training`` plus the run's seed and the resolved precision."""
 
-    epochs: float = 1.0
-    max_steps: int = -1
-    learning_rate: float = 1e-3
-    batch_size: int = 8
-    grad_accum: int | None = None  # None: 1, or derived from global_batch_size
-    global_batch_size: int | None = None
-    lr_scheduler: str = "linear"
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    logging_steps: int = 1
-    save_steps: int = 50
-    gradient_checkpointing: bool = False
+    epochs: float
+    max_steps: int
+    learning_rate: float
+    batch_size: int
+    grad_accum: int | None  # None: 1, or derived from global_batch_size
+    global_batch_size: int | None
+    lr_scheduler: str
+    warmup_ratio: float
+    weight_decay: float
+    max_grad_norm: float
+    logging_steps: int
+    save_steps: int
+    gradient_checkpointing: bool
     #: optimiser steps whose examples are sorted by length together (0: random batches)
-    length_grouping: int = 4
+    length_grouping: int
     #: each micro-batch's examples in one row with per-example attention boundaries, no padding
-    packing: bool = False
-    deepspeed: str | None = None
-    seed: int = 0
-    precision: str = "fp32"
+    packing: bool
+    #: a launch key, not read from the config: the stage job sets the DeepSpeed config the
+    #: launch uses (None: none)
+    deepspeed: str | None
+    seed: int
+    precision: str
     extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, cfg: dict, seed: int, precision: str) -> TrainSpec:
-        known = {f for f in cls.__dataclass_fields__ if f not in ("seed", "precision", "extra")}
-        unknown = set(cfg) - known
+        """From the validated ``training`` section without its launch keys (``deepspeed`` may
+        stay: the stage job replaces it by what the launch uses)."""
+        keys = [f.name for f in fields(cls) if f.name not in ("seed", "precision", "extra")]
+        unknown = set(cfg) - set(keys)
         if unknown:
             raise ValueError(f"training: unknown keys {sorted(unknown)}")
-        return cls(**cfg, seed=seed, precision=precision)
+        _require(cfg, "training", [key for key in keys if key != "deepspeed"])
+        return cls(**{"deepspeed": None, **cfg}, seed=seed, precision=precision)
 
     def batching(self, processes: int) -> dict[str, int]:
         """Processes, micro-batch, accumulation and effective batch of a launch."""
@@ -87,13 +124,9 @@ def accumulation_steps(spec: TrainSpec, processes: int) -> int:
     With ``global_batch_size`` the accumulation is derived so that every launch optimises with
     the same effective batch (processes × micro-batch × accumulation), on 1 GPU or 8.
     """
+    check_accumulation_keys(spec.grad_accum, spec.global_batch_size)
     if spec.global_batch_size is None:
         return int(spec.grad_accum or 1)
-    if spec.grad_accum is not None:
-        raise ValueError(
-            "training: set either training.grad_accum or training.global_batch_size, not both "
-            f"(grad_accum={spec.grad_accum}, global_batch_size={spec.global_batch_size})"
-        )
     per_step = processes * spec.batch_size
     if spec.global_batch_size % per_step:
         raise ValueError(

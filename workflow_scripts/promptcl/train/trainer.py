@@ -57,96 +57,104 @@ def _stage_arguments_class():
     return StageArguments
 
 
+class StageTrainerMixin:
+    """What a stage's Trainer adds to transformers' (see :func:`_make_trainer_class`): it
+    checkpoints only the stage's own LoRA, logs token counts and adds a method's weight penalty
+    once per optimiser update (logged apart from the task loss).
+
+    The stock PEFT resume path re-activates a single adapter, which would silently drop the
+    frozen earlier stages from the forward pass; here they stay active.
+    """
+
+    def __init__(
+        self,
+        *args,
+        adapter: str,
+        penalty: Penalty | None = None,
+        loss_term: LossTerm | None = None,
+        length_window: int = 0,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        self.length_window = length_window
+        self.adapter = adapter
+        self.penalty = penalty
+        self.loss_term = loss_term
+        self._tokens = 0
+        self._answer_tokens = 0
+        self._penalties: list[dict[str, float]] = []
+        self._t0 = time.perf_counter()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self._tokens += batch_tokens(inputs)
+        self._answer_tokens += int((inputs["labels"] != IGNORE_INDEX).sum())
+        # project to the vocabulary only where labels exist: the loss is the same, and the
+        # full projection and its log-softmax were a third of a step's time
+        inputs = crop_to_answers(inputs, indices=LOGITS_AS_INDICES)
+        term = self.loss_term if model.training else None
+        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        if (self.penalty is None and term is None) or not model.training:
+            return (loss, outputs) if return_outputs else loss
+        # one penalty per optimiser update, whichever way the Trainer scales the task loss;
+        # a per-batch term is scaled like the task loss it is added to
+        steps = penalty_divisor(self, num_items_in_batch)
+        if self.penalty is not None:
+            value, parts = self.penalty(self.model)
+        else:
+            value, parts = term(model, inputs, outputs)
+        self._penalties.append({"penalty": float(value), **parts})
+        total = loss + value / steps
+        return (total, outputs) if return_outputs else total
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            logs["tokens"] = self._tokens
+            logs["answer_tokens"] = self._answer_tokens
+            logs["elapsed_s"] = round(time.perf_counter() - self._t0, 3)
+            self._tokens = self._answer_tokens = 0
+            if self._penalties:
+                for key in self._penalties[0]:
+                    logs[key] = sum(p[key] for p in self._penalties) / len(self._penalties)
+                logs["task_loss"] = logs["loss"] - logs["penalty"]
+                self._penalties = []
+        super().log(logs, start_time)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        output_dir = output_dir or self.args.output_dir
+        if self.args.should_save:
+            self.model.save_pretrained(
+                output_dir, state_dict=state_dict, selected_adapters=[self.adapter]
+            )
+
+    def _get_train_sampler(self, train_dataset=None):
+        """Length-grouped windows (``training.length_grouping``), else the Trainer's own
+        seeded random sampler. Lengths are those of the dataset as built (a PAFT example's
+        epoch-0 prompt), the same in a fresh and a resumed job."""
+        if not self.length_window:
+            return super()._get_train_sampler(train_dataset)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        lengths = [len(dataset[i]["input_ids"]) for i in range(len(dataset))]
+        return LengthGroupedSampler(lengths, self.length_window, self.args.data_seed)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        model = model or self.model
+        path = Path(resume_from_checkpoint) / self.adapter / "adapter_model.safetensors"
+        if not path.is_file():
+            path = Path(resume_from_checkpoint) / "adapter_model.safetensors"
+        set_peft_model_state_dict(model, load_file(str(path)), adapter_name=self.adapter)
+        log.warning("resumed stage adapter weights from %s", resume_from_checkpoint)
+
+
 def _make_trainer_class():
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
+    """The Hugging Face Trainer with :class:`StageTrainerMixin` (transformers imported here,
+    in the stage job only)."""
     from transformers import Trainer
 
-    class StageTrainer(Trainer):
-        """Trainer that checkpoints only the stage's own LoRA, logs token counts and adds a
-        method's weight penalty once per optimiser update (logged apart from the task loss).
-
-        The stock PEFT resume path re-activates a single adapter, which would silently drop the
-        frozen earlier stages from the forward pass; here they stay active.
-        """
-
-        def __init__(
-            self,
-            *args,
-            adapter: str,
-            penalty: Penalty | None = None,
-            loss_term: LossTerm | None = None,
-            length_window: int = 0,
-            **kwargs,
-        ):
-            super().__init__(*args, **kwargs)
-            self.length_window = length_window
-            self.adapter = adapter
-            self.penalty = penalty
-            self.loss_term = loss_term
-            self._tokens = 0
-            self._answer_tokens = 0
-            self._penalties: list[dict[str, float]] = []
-            self._t0 = time.perf_counter()
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            self._tokens += batch_tokens(inputs)
-            self._answer_tokens += int((inputs["labels"] != IGNORE_INDEX).sum())
-            # project to the vocabulary only where labels exist: the loss is the same, and the
-            # full projection and its log-softmax were a third of a step's time
-            inputs = crop_to_answers(inputs, indices=LOGITS_AS_INDICES)
-            term = self.loss_term if model.training else None
-            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
-            if (self.penalty is None and term is None) or not model.training:
-                return (loss, outputs) if return_outputs else loss
-            # one penalty per optimiser update, whichever way the Trainer scales the task loss;
-            # a per-batch term is scaled like the task loss it is added to
-            steps = penalty_divisor(self, num_items_in_batch)
-            if self.penalty is not None:
-                value, parts = self.penalty(self.model)
-            else:
-                value, parts = term(model, inputs, outputs)
-            self._penalties.append({"penalty": float(value), **parts})
-            total = loss + value / steps
-            return (total, outputs) if return_outputs else total
-
-        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-            if "loss" in logs:
-                logs["tokens"] = self._tokens
-                logs["answer_tokens"] = self._answer_tokens
-                logs["elapsed_s"] = round(time.perf_counter() - self._t0, 3)
-                self._tokens = self._answer_tokens = 0
-                if self._penalties:
-                    for key in self._penalties[0]:
-                        logs[key] = sum(p[key] for p in self._penalties) / len(self._penalties)
-                    logs["task_loss"] = logs["loss"] - logs["penalty"]
-                    self._penalties = []
-            super().log(logs, start_time)
-
-        def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-            output_dir = output_dir or self.args.output_dir
-            if self.args.should_save:
-                self.model.save_pretrained(
-                    output_dir, state_dict=state_dict, selected_adapters=[self.adapter]
-                )
-
-        def _get_train_sampler(self, train_dataset=None):
-            """Length-grouped windows (``training.length_grouping``), else the Trainer's own
-            seeded random sampler. Lengths are those of the dataset as built (a PAFT example's
-            epoch-0 prompt), the same in a fresh and a resumed job."""
-            if not self.length_window:
-                return super()._get_train_sampler(train_dataset)
-            dataset = train_dataset if train_dataset is not None else self.train_dataset
-            lengths = [len(dataset[i]["input_ids"]) for i in range(len(dataset))]
-            return LengthGroupedSampler(lengths, self.length_window, self.args.data_seed)
-
-        def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-            model = model or self.model
-            path = Path(resume_from_checkpoint) / self.adapter / "adapter_model.safetensors"
-            if not path.is_file():
-                path = Path(resume_from_checkpoint) / "adapter_model.safetensors"
-            set_peft_model_state_dict(model, load_file(str(path)), adapter_name=self.adapter)
-            log.warning("resumed stage adapter weights from %s", resume_from_checkpoint)
+    class StageTrainer(StageTrainerMixin, Trainer):
+        """A stage's Trainer (see :class:`StageTrainerMixin`)."""
 
     return StageTrainer
 
@@ -178,13 +186,40 @@ def fit(
     guard=None,
     loss_term: LossTerm | None = None,
 ) -> StageResult:
-    """Train the single trainable adapter, resuming from the newest checkpoint in ``state_dir``.
+    """Train the single trainable adapter, resuming from the newest checkpoint in ``state_dir``:
+    set up the Trainer → train (stopped by a signal: checkpoint and raise) → collect the result.
 
     ``guard``: a :func:`~promptcl.train.launch.preemption_guard` the caller installed early (and
     removes); by default one is made here and removed when training ends."""
     adapter = trainable_adapter(model)
-    use_cpu = not torch.cuda.is_available()
-    args = _stage_arguments_class()(
+    trainer = _build_trainer(
+        model, tokenizer, examples, spec, state_dir, callbacks, adapter, penalty, loss_term
+    )
+    owned = guard is None
+    guard = preemption_guard() if owned else guard
+    trainer.add_callback(guard)
+    resume = latest_checkpoint(state_dir)
+    if resume:
+        log.warning("resuming stage training from checkpoint %s", resume)
+    started = time.perf_counter()
+    try:
+        output = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        if owned:
+            guard.uninstall()
+    seconds = time.perf_counter() - started
+    _raise_if_interrupted(trainer, guard, state_dir)
+    gathered = None
+    if spec.deepspeed and zero_stage(spec.deepspeed) == 3:
+        gathered = trainer.accelerator.get_state_dict(trainer.deepspeed)  # a collective
+    table = log_table(trainer.state.log_history)
+    info = _stage_info(trainer, output, table, examples, spec, state_dir, adapter, resume, seconds)
+    return StageResult(log=table, info=info, state_dict=gathered)
+
+
+def _training_arguments(spec: TrainSpec, state_dir: Path):
+    """The Trainer's arguments for a stage: the spec's, with checkpoints in ``state_dir``."""
+    return _stage_arguments_class()(
         warmup_ratio=spec.warmup_ratio,
         output_dir=str(state_dir),
         num_train_epochs=spec.epochs,
@@ -202,7 +237,7 @@ def fit(
         seed=spec.seed,
         data_seed=spec.seed,
         bf16=spec.precision == "bf16",
-        use_cpu=use_cpu,
+        use_cpu=not torch.cuda.is_available(),
         gradient_checkpointing=spec.gradient_checkpointing,
         deepspeed=spec.deepspeed,
         ddp_find_unused_parameters=False,
@@ -211,6 +246,22 @@ def fit(
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
+
+
+def _build_trainer(
+    model,
+    tokenizer,
+    examples,
+    spec: TrainSpec,
+    state_dir: Path,
+    callbacks: Sequence,
+    adapter: str,
+    penalty: Penalty | None,
+    loss_term: LossTerm | None,
+):
+    """The stage's Trainer with the strategy's callbacks (and the epoch tracker of a dataset
+    whose prompts change by epoch)."""
+    args = _training_arguments(spec, state_dir)
     trainer = _make_trainer_class()(
         model=model,
         args=args,
@@ -224,32 +275,35 @@ def fit(
     )
     if hasattr(examples, "epoch"):
         trainer.add_callback(epoch_tracker(examples))
-    owned = guard is None
-    guard = preemption_guard() if owned else guard
-    trainer.add_callback(guard)
-    resume = latest_checkpoint(state_dir)
-    if resume:
-        log.warning("resuming stage training from checkpoint %s", resume)
-    started = time.perf_counter()
-    try:
-        output = trainer.train(resume_from_checkpoint=resume)
-    finally:
-        if owned:
-            guard.uninstall()
-    seconds = time.perf_counter() - started
-    if guard.stopped_at is not None and trainer.state.global_step < trainer.state.max_steps:
-        if trainer.args.should_save:
-            _record_interruption(state_dir, guard)
-        raise TrainingInterrupted(
-            f"training stopped on a signal at step {guard.stopped_at} of "
-            f"{trainer.state.max_steps}; checkpoint saved in {state_dir}, a rerun resumes from it"
-        )
-    gathered = None
-    if spec.deepspeed and zero_stage(spec.deepspeed) == 3:
-        gathered = trainer.accelerator.get_state_dict(trainer.deepspeed)  # a collective
-    table = log_table(trainer.state.log_history)
+    return trainer
+
+
+def _raise_if_interrupted(trainer, guard, state_dir: Path) -> None:
+    """A signal stopped training before its last step: record it and raise (a rerun resumes)."""
+    if guard.stopped_at is None or trainer.state.global_step >= trainer.state.max_steps:
+        return
+    if trainer.args.should_save:
+        _record_interruption(state_dir, guard)
+    raise TrainingInterrupted(
+        f"training stopped on a signal at step {guard.stopped_at} of "
+        f"{trainer.state.max_steps}; checkpoint saved in {state_dir}, a rerun resumes from it"
+    )
+
+
+def _stage_info(
+    trainer,
+    output,
+    table: pd.DataFrame,
+    examples,
+    spec: TrainSpec,
+    state_dir: Path,
+    adapter: str,
+    resume: str | None,
+    seconds: float,
+) -> dict:
+    """What the stage record says about the training: steps, loss, throughput, resumptions."""
     tokens = int(table["tokens"].sum())
-    info = {
+    return {
         "adapter": adapter,
         "examples": len(examples),
         "steps": int(trainer.state.global_step),
@@ -264,7 +318,6 @@ def fit(
         "batching": spec.batching(world_size()),
         "spec": asdict(spec),
     }
-    return StageResult(log=table, info=info, state_dict=gathered)
 
 
 #: Columns of train_log.parquet (a penalty adds ``task_loss``, ``penalty`` and its parts).
