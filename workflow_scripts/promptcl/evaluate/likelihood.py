@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicLayer
 
+from promptcl.analysis.aggregate import LIKELIHOOD_ONLY
 from promptcl.analysis.metrics import as_str_list, normalize_answer
 from promptcl.evaluate.inference import autocast, prefill, reserved_cache
 from promptcl.evaluate.scoring import answer_logits, token_losses
@@ -38,12 +39,7 @@ LIKELIHOOD_COLUMNS = (
     "prompt_id",
     "references",
     "labels",
-    "gold_logprob",
-    "gold_logprob_sum",
-    "gold_tokens",
-    "rank_prediction",
-    "rank_accuracy",
-    "answers_scored",
+    *LIKELIHOOD_ONLY,
     "prompt_tokens",
     "input_truncated",
 )
