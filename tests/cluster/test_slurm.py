@@ -114,9 +114,12 @@ def sacct_jobs(output: str) -> pd.DataFrame:
         if len(table) and (table["req"] != "").all() and not table["state"].isin(["RUNNING"]).any():
             break
         time.sleep(1)
-    table["job"] = table["job"].astype(int)
+    # an array task is <array job id>_<index>: one sbatch call per array job id
+    ids = table["job"].str.extract(r"^(\d+)(?:_(\d+))?$")
+    table["submission"] = ids[0].astype(int)
+    table["array_index"] = pd.to_numeric(ids[1]).astype("Int64")
     table["rule"] = table["comment"].str.extract(r"^rule_(.+?)(?:_wildcards_.*)?$")[0]
-    return table.sort_values("job").reset_index(drop=True)
+    return table.sort_values(["submission", "array_index"]).reset_index(drop=True)
 
 
 @pytest.fixture(scope="module")
@@ -125,9 +128,21 @@ def pipeline(slurm_cluster, finished, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("slurm_pipeline")
     work = root / "slurm"
     config = str(finished / "config.yaml")
-    proc = run_on_slurm(work, slurm_test_profile(root), "--configfile", config)
+    report = root / "efficiency"
+    proc = run_on_slurm(
+        work,
+        slurm_test_profile(root),
+        *("--configfile", config),
+        *("--slurm-efficiency-report", "--slurm-efficiency-report-path", str(report)),
+    )
     output = proc.stdout + proc.stderr
-    return {"work": work, "local": finished, "output": output, "jobs": sacct_jobs(output)}
+    return {
+        "work": work,
+        "local": finished,
+        "output": output,
+        "jobs": sacct_jobs(output),
+        "report": report,
+    }
 
 
 def test_every_cluster_job_went_through_sbatch(pipeline):
@@ -141,6 +156,47 @@ def test_every_cluster_job_went_through_sbatch(pipeline):
     assert not set(jobs["rule"]) & LOCAL_RULES
     logs = pipeline["work"] / ".snakemake/slurm_logs"
     assert {p.name for p in logs.iterdir()} == {f"rule_{r}" for r in expected}
+
+
+def test_the_small_jobs_of_a_rule_go_as_one_array(pipeline):
+    """The profile's slurm-array-jobs rules go as job arrays (ids <array>_<index>), fewer sbatch
+    calls than jobs; training is never an array."""
+    profile = yaml.safe_load((REPO / "config/profiles/slurm/config.yaml").read_text())
+    array_rules = set(profile["slurm-array-jobs"].split(","))
+    assert {"predict_stage", "evaluate_base", "score_prompts"} <= array_rules
+    jobs = pipeline["jobs"]
+    arrays = jobs[jobs["array_index"].notna()]
+    assert set(arrays["rule"]) <= array_rules, "only the listed rules go as arrays"
+    assert not jobs.query("rule == 'train_stage'")["array_index"].notna().any()
+    per_rule = jobs.groupby("rule").agg(jobs=("job", "size"), calls=("submission", "nunique"))
+    # evaluate_base has one job per task, all ready at once: one array
+    assert per_rule.loc["evaluate_base", "calls"] == 1 < per_rule.loc["evaluate_base", "jobs"]
+    assert per_rule["calls"].sum() < len(jobs), per_rule
+    print(f"{len(jobs)} cluster jobs in {jobs['submission'].nunique()} sbatch calls:\n{per_rule}")
+    logs = pipeline["work"] / ".snakemake/slurm_logs/rule_evaluate_base"
+    assert {p.name for p in logs.rglob("*.log")} == {
+        f"{row.submission}_{row.array_index}.log"
+        for row in jobs.query("rule == 'evaluate_base'").itertuples()
+    }
+
+
+def test_the_efficiency_report_lists_every_job(pipeline):
+    """--slurm-efficiency-report: the plugin's CSV from sacct, a row per job step with its CPU
+    and memory efficiency. Plugin 2.8.0 keeps every plain job but not every task of an array
+    (here 2 of evaluate_base's 3), and names an array's tasks after its first job's wildcards:
+    a right-sizing aid, not an audit (docs/cluster.md)."""
+    reports = list(pipeline["report"].glob("efficiency_report_*.csv"))
+    assert len(reports) == 1, reports
+    report = pd.read_csv(reports[0], dtype={"JobID": str})
+    columns = {"RuleName", "Elapsed_sec", "CPU Efficiency (%)", "Memory Usage (%)"}
+    assert columns <= set(report.columns), report.columns
+    jobs = pipeline["jobs"]
+    submission = report["JobID"].str.extract(r"^(\d+)")[0].astype(int)
+    assert set(submission) == set(jobs["submission"]), "every sbatch call has its rows"
+    for row in jobs[jobs["array_index"].isna()].itertuples():
+        mine = report[report["JobID"] == f"{row.job}.0"]
+        assert len(mine) == 1 and mine["RuleName"].iloc[0].startswith(f"rule_{row.rule}"), row
+    assert report["CPU Efficiency (%)"].between(0, 100 * 4).all()
 
 
 def test_gpu_rules_get_their_gpu_and_threads_equal_cpus(pipeline):
@@ -309,7 +365,7 @@ def test_cancelled_training_job_is_retried_by_snakemake(cancelled):
     assert cancelled["seen"], "the training job was never seen running"
     assert _states(cancelled) == ["CANCELLED", "COMPLETED"], cancelled["jobs"]
     train = cancelled["jobs"].query("rule == 'train_stage'")
-    assert train["job"].iloc[0] == cancelled["seen"]["job"]
+    assert train["submission"].iloc[0] == cancelled["seen"]["job"]
     assert cancelled["info"]["interruptions"][0]["step"] >= cancelled["seen"]["logged_steps"]
 
 
