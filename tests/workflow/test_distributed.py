@@ -17,6 +17,7 @@ import pytest
 from safetensors.torch import load_file
 
 from promptcl.train.job import FINGERPRINT_FILE, StageJob, claim_state_dir
+from promptcl.train.specs import schema_defaults
 from tests.helpers import REPO
 from tests.helpers.workflow import snakemake, tiny_config, write_config
 
@@ -116,8 +117,8 @@ def _job(tmp_path: Path, **training) -> StageJob:
         state_dir=str(tmp_path / "state"),
         model={"precision": "fp32", "trust_remote_code": False},
         prompt={},
-        lora={},
-        training={"learning_rate": 1e-3, **training},
+        lora=schema_defaults("lora"),
+        training={**schema_defaults("training"), "learning_rate": 1e-3, **training},
         deepspeed_config=str(REPO / "config/deepspeed/zero2.json"),
     )
 
