@@ -38,6 +38,11 @@ LOCAL_RULES |= {"study_outcomes", "analyze_study"}
 GPU_RULES = {"evaluate_base", "train_stage", "predict_stage", "score_prompts_base", "score_prompts"}
 
 
+ARRAY_RULES = (
+    "evaluate_base,likelihood_base,predict_stage,likelihood_stage,score_prompts_base,score_prompts"
+)
+
+
 def _cluster_up() -> bool:
     try:
         ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)
@@ -74,6 +79,9 @@ def slurm_test_profile(tmp: Path, train_timing: dict | None = None) -> Path:
     the time-limit test also train_stage's runtime and signal lead time)."""
     profile = yaml.safe_load((REPO / "config/profiles/slurm/config.yaml").read_text())
     profile["default-resources"].update(slurm_partition="debug", slurm_account="testacct")
+    # the profile's commented array option, switched on as written (the tiny DAG stays far
+    # below `jobs`, where plugin 2.8.0's array mode can hang)
+    profile["slurm-array-jobs"] = ARRAY_RULES
     profile.update({"slurm-init-seconds-before-status-checks": 2, "latency-wait": 5})
     if train_timing:
         assert set(train_timing) <= {"runtime", "slurm_extra"}
@@ -161,8 +169,9 @@ def test_every_cluster_job_went_through_sbatch(pipeline):
 def test_the_small_jobs_of_a_rule_go_as_one_array(pipeline):
     """The profile's slurm-array-jobs rules go as job arrays (ids <array>_<index>), fewer sbatch
     calls than jobs; training is never an array."""
-    profile = yaml.safe_load((REPO / "config/profiles/slurm/config.yaml").read_text())
-    array_rules = set(profile["slurm-array-jobs"].split(","))
+    text = (REPO / "config/profiles/slurm/config.yaml").read_text()
+    assert f'# slurm-array-jobs: "{ARRAY_RULES}"' in text, "the tests enable the documented line"
+    array_rules = set(ARRAY_RULES.split(","))
     assert {"predict_stage", "evaluate_base", "score_prompts"} <= array_rules
     jobs = pipeline["jobs"]
     arrays = jobs[jobs["array_index"].notna()]
