@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from promptcl.prompts.scores import CRITERIA
 from promptcl.store import paths
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ LEVEL_TAG = "promptcl.level"
 #: the summary columns logged as the run's metrics (per protocol and metric)
 SUMMARY_METRICS = ("AP", "BWT", "FWT", "F", "ACC", "unseen_mean")
 #: the candidate-score columns logged per candidate (step = candidate id)
-CANDIDATE_COLUMNS = ("mean_batch_loss", "mean_instance_loss", "mean_token_loss", "answer_accuracy")
+CANDIDATE_COLUMNS = (*CRITERIA.values(), "answer_accuracy")
 
 
 @dataclass(frozen=True)
