@@ -86,6 +86,8 @@ def methods_config(model_dir: Path, methods, strategies, seeds=(0,)) -> dict:
     config["scoring"] = {"instances": 4, "batch_size": 8}
     config["replay"] = {"examples": 3}
     config["ewc"] = {"lambda": 100.0, "fisher_examples": 4}
+    config["agem"] = {"memory_per_task": 3, "reference_examples": 2}
+    config["ilora"] = {"buffer_size": 4}
     config["comparison"] = {"resamples": 200}
     return config
 

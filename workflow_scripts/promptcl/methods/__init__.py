@@ -8,12 +8,19 @@ One module per method, registered in :data:`METHODS`:
 * ``replay``: seqlora whose stages also train on a sample of the earlier tasks (``replay``).
 * ``ewc``: seqlora + elastic weight consolidation on the LoRA (config section ``ewc``).
 * ``lwf``: inclora + distillation towards the state before the stage (``lwf``).
+* ``agem``: seqlora + A-GEM's projection of each update against a memory of earlier tasks
+  (``agem``).
+* ``ilora``: I-LoRA's fast LoRA with a buffer of earlier tasks and a slow LoRA that follows it
+  as a moving average (``ilora``).
+* ``osf``: PEFT's orthogonal subspace fine-tuning, each stage's adapter merged before the next
+  (``osf``; not a LoRA).
 * ``single``: each task trained alone from the base model (a reference run).
 * ``multitask``: all tasks trained jointly in one stage (the upper reference).
 
 A method declares what the DAG needs (the adapters of the state before and after stage k, its
 config sections), refuses launches it cannot run under, builds its stage model and may add a
-weight penalty, a loss term or extra training data (:meth:`Method.extra_training_data`).
+weight penalty, a loss term, training-loop callbacks (:meth:`Method.training_hooks`) or extra
+training data (:meth:`Method.extra_training_data`).
 Adding one is one new module here, its line in :data:`METHODS` and the schema's enum. The DAG
 imports this package without torch.
 """
@@ -23,12 +30,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from promptcl.methods.base import CONFIG_KEY, ExtraData, Method
+from promptcl.methods.agem import AGEM
+from promptcl.methods.base import CONFIG_KEY, ExtraData, Method, TrainingHooks
 from promptcl.methods.ewc import EWC
+from promptcl.methods.ilora import ILoRA
 from promptcl.methods.inclora import IncLoRA
 from promptcl.methods.lwf import LwF
 from promptcl.methods.multitask import Multitask
 from promptcl.methods.olora import OLoRA
+from promptcl.methods.osf import OSF
 from promptcl.methods.replay import Replay
 from promptcl.methods.seqlora import SeqLoRA
 from promptcl.methods.single import Single
@@ -36,10 +46,22 @@ from promptcl.train.specs import LoraSpec
 
 METHODS: dict[str, Method] = {
     m.name: m
-    for m in (IncLoRA(), OLoRA(), SeqLoRA(), Replay(), EWC(), LwF(), Single(), Multitask())
+    for m in (
+        IncLoRA(),
+        OLoRA(),
+        SeqLoRA(),
+        Replay(),
+        EWC(),
+        LwF(),
+        AGEM(),
+        ILoRA(),
+        OSF(),
+        Single(),
+        Multitask(),
+    )
 }
 
-__all__ = ["METHODS", "ExtraData", "Method", "build_stage_model", "method_of"]
+__all__ = ["METHODS", "ExtraData", "Method", "TrainingHooks", "build_stage_model", "method_of"]
 
 
 def method_of(name: str) -> Method:

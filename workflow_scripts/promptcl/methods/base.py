@@ -25,6 +25,19 @@ class ExtraData:
     record: dict = field(default_factory=dict)
 
 
+@dataclass
+class TrainingHooks:
+    """What a method adds to stage k's training loop besides data and a weight penalty:
+    ``callbacks`` (Trainer callbacks: A-GEM's projection before each optimiser step, I-LoRA's
+    moving average after it), a per-micro-batch ``loss_term`` (see
+    :data:`promptcl.train.trainer.LossTerm`) and ``record``, entries for the stage record (a
+    callback may update it in place while training; it is written once training ends)."""
+
+    callbacks: list = field(default_factory=list)
+    loss_term: object = None
+    record: dict = field(default_factory=dict)
+
+
 class Method:
     """A method: one module each, registered in :data:`promptcl.methods.METHODS`."""
 
@@ -95,6 +108,20 @@ class Method:
                 "use config/deepspeed/zero2.json"
             )
 
+    def build_stage_model(self, spec: StageSpec, previous: Sequence[Path]):
+        """The model that trains stage k of a job (:meth:`build_model` with the job's settings;
+        a method that needs its config section to build, as OSF, overrides this)."""
+        job = spec.job
+        return self.build_model(
+            Path(job.model_dir),
+            previous,
+            spec.lora,
+            spec.stage,
+            spec.precision,
+            job.model["trust_remote_code"],
+            spec.seed[0],
+        )
+
     def build_model(
         self,
         model_dir: Path,
@@ -117,6 +144,11 @@ class Method:
         built from ``spec.job.companions``; ``current``: the current task's training examples.
         None by default, so the stage recipe never needs to know a concrete method."""
         return ExtraData()
+
+    def training_hooks(self, spec: StageSpec, model, tokenizer) -> TrainingHooks:
+        """The callbacks, loss term and record entries of stage k's training (built in the stage
+        job once the model exists): :meth:`loss_term` alone by default."""
+        return TrainingHooks(loss_term=self.loss_term(spec.stage, spec.job.options))
 
     def penalty(self, stage: int, options: dict, previous: Sequence[Path] = ()):
         """A weight penalty added once per optimiser update (see promptcl.train.trainer), or None.

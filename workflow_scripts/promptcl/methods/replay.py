@@ -209,3 +209,14 @@ def replay_parts(
         encodings = {cid: encode_table(tokenizer, fmt, sample, [text] * n)}
         parts.append(PromptedDataset(encodings, lambda epoch, index, cid=cid: cid))
     return records, parts
+
+
+def memory_examples(spec: ReplaySpec, stage, tokenizer, current: int) -> tuple[list[dict], list]:
+    """(what each earlier task holds, its encoded examples in one list): the episodic memory
+    of A-GEM and I-LoRA, sampled as replay's buffers are (:func:`replay_parts`, each example
+    with the prompt its own stage trained with) but kept out of the training data.
+
+    ``stage``: the :class:`promptcl.train.job.StageSpec` whose companions name the tasks."""
+    companions = [c for c in stage.job.companions if c["role"] == "replay"]
+    records, parts = replay_parts(spec, companions, current, tokenizer, stage.fmt, stage.seed)
+    return records, [part[i] for part in parts for i in range(len(part))]

@@ -50,9 +50,9 @@ def train_only(model, name: str):
 
 
 def trainable_adapter(model) -> str:
-    names = {
-        n.split(".lora_")[1].split(".")[1] for n, p in model.named_parameters() if p.requires_grad
-    }
+    """The one PEFT adapter whose parameters train (a LoRA's, or OSF's SVD factors)."""
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    names = {a for a in getattr(model, "peft_config", {}) if any(f".{a}." in n for n in trainable)}
     if len(names) != 1:
         raise RuntimeError(f"expected exactly one trainable adapter, found {sorted(names)}")
     return names.pop()

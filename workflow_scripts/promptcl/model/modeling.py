@@ -4,6 +4,10 @@ A *state* is the base model with the frozen LoRAs of stages 1..k active at once,
 scaling (``lora_alpha / r`` from its own adapter config). Merging them into the weights would be
 numerically equivalent in fp32, but keeping them separate is what IncLoRA/O-LoRA need (the
 orthogonality penalty reads earlier A matrices) and it avoids bf16 rounding of small deltas.
+
+OSF's adapters (``peft_type: OSF``) are not LoRAs and do not stack: each was trained on the
+weights its predecessors left, so that state is the base with each merged in stage order
+(:func:`merge_chain`).
 """
 
 from __future__ import annotations
@@ -242,6 +246,31 @@ def attach_adapters(model, adapter_dirs: Sequence[Path], first_stage: int = 1):
     return peft_model
 
 
+#: adapter types whose stage k was trained on the weights stages 1..k-1 left (merged in order)
+CHAINED_PEFT_TYPES = ("OSF",)
+
+
+def is_chain(adapter_dirs: Sequence[Path]) -> bool:
+    """Whether a state's adapters are merged one after another (OSF), not stacked (LoRA)."""
+    types = [read_adapter_config(Path(d)).get("peft_type") for d in adapter_dirs]
+    kinds = {t in CHAINED_PEFT_TYPES for t in types}
+    if len(kinds) > 1:
+        raise ValueError(f"a state mixes OSF and LoRA adapters: {[str(d) for d in adapter_dirs]}")
+    return kinds == {True}
+
+
+def merge_chain(model, adapter_dirs: Sequence[Path]):
+    """``model`` (fp32 base weights) with each adapter loaded onto the weights the ones before it
+    left and merged, in order: OSF's adapter re-derives its frozen SVD factors from the weights
+    it is loaded onto, so it reproduces its stage only on exactly those weights."""
+    from peft import PeftModel
+
+    for path in adapter_dirs:
+        verify_dir(path)
+        model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    return model
+
+
 def load_state(
     model_dir: Path,
     adapter_dirs: Sequence[Path] = (),
@@ -256,7 +285,10 @@ def load_state(
     once, like the base weights themselves; the adapters stay separate otherwise (training and
     the O-LoRA penalty need them, and SAPO's scores keep the unrounded deltas).
     """
-    if merge and adapter_dirs:
+    if adapter_dirs and is_chain(adapter_dirs):
+        model = merge_chain(load_base_model(model_dir, "fp32", trust_remote_code), adapter_dirs)
+        model = model.to(torch_dtype(precision))
+    elif merge and adapter_dirs:
         model = attach_adapters(
             load_base_model(model_dir, "fp32", trust_remote_code), list(adapter_dirs)
         )

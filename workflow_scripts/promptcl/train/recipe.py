@@ -43,6 +43,8 @@ class Setup:
     dataset: PromptedDataset | MixedDataset
     penalty: object
     loss_term: object = None
+    #: the method's Trainer callbacks (:class:`promptcl.methods.base.TrainingHooks`)
+    callbacks: list = field(default_factory=list)
     #: task -> candidate id, for every task trained with the run's strategy (the trained-prompt
     #: protocol evaluates each with it)
     evaluation: dict[str, int] = field(default_factory=dict)
@@ -73,7 +75,7 @@ def run_stage(job: StageJob, processes: int = 1) -> dict | None:
                 setup.dataset,
                 spec.train,
                 spec.state_dir,
-                [*setup.plan.callbacks, *tracking.callbacks()],
+                [*setup.plan.callbacks, *setup.callbacks, *tracking.callbacks()],
                 setup.penalty,
                 guard,
                 setup.loss_term,
@@ -114,7 +116,7 @@ def set_up(spec: StageSpec) -> Setup:
     )
     previous = [Path(p) for p in job.previous]
     penalty = spec.method.penalty(spec.stage, job.options, previous)
-    loss_term = spec.method.loss_term(spec.stage, job.options)
+    hooks = spec.method.training_hooks(spec, model, tokenizer)
     return Setup(
         model,
         tokenizer,
@@ -123,9 +125,10 @@ def set_up(spec: StageSpec) -> Setup:
         plan,
         dataset,
         penalty,
-        loss_term,
+        hooks.loss_term,
+        hooks.callbacks,
         evaluation,  # plans for now: their evaluation candidate is asked after training
-        extra.record,
+        {**extra.record, **hooks.record},
     )
 
 
@@ -133,15 +136,7 @@ def _stage_model(spec: StageSpec):
     """The model the method trains stage k with, on the attention kernel for training."""
     job = spec.job
     spec.method.check_launch(spec.train)
-    model = spec.method.build_model(
-        Path(job.model_dir),
-        [Path(p) for p in job.previous],
-        spec.lora,
-        spec.stage,
-        spec.precision,
-        job.model["trust_remote_code"],
-        spec.seed[0],
-    )
+    model = spec.method.build_stage_model(spec, [Path(p) for p in job.previous])
     attention = use_attention(model, job.model.get("attn_implementation", "auto"), training=True)
     log.info("attention implementation for training: %s", attention)
     return model

@@ -1,0 +1,139 @@
+"""``osf``: orthogonal subspace fine-tuning through PEFT's own ``OSFConfig`` (``peft.tuners.osf``;
+Nayak et al. 2025, "Sculpting Subspaces").
+
+Stage k takes the SVD of each targeted weight of the state stage k-1 left, freezes its top
+``effective_rank`` singular directions and trains the rest, whose gradients PEFT projects onto
+the complement of the frozen directions (tensor hooks, so they hold under gradient
+accumulation). The stage's adapter is PEFT's: the trained low-rank SVD factors ``U_low``,
+``S_low``, ``V_low`` of every targeted weight, in a standard PEFT folder (``peft_type: OSF``).
+
+What this means, as an adapter that is not a LoRA:
+
+* **It continues across stages by merging.** Stage k starts from the base model with stages
+  1..k-1 merged in order (``merge_and_unload``), wraps it in a new OSF adapter and trains. PEFT's
+  continual-learning example calls ``unload()`` between tasks instead, which returns the weights
+  *without* the task's update (docs/reference_differences.md).
+* **A stage's adapter loads only onto its own starting weights**: the frozen factors are not
+  saved but recomputed by SVD of the weights it is loaded onto. Loading a state
+  (:func:`promptcl.model.modeling.load_state`: scoring, predictions, likelihoods) therefore
+  merges the chain stage by stage in fp32 and rounds once to the compute precision.
+* **Its size** is r·(out + in + 1) per targeted weight, r = min(out, in) - effective_rank: at
+  PEFT's default (half the rank) about the size of the weights themselves, not of a LoRA.
+* **vLLM cannot serve it** (vLLM takes LoRAs only): the DAG refuses ``generation.engine: vllm``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from promptcl.methods.base import Method, _base
+
+
+@dataclass(frozen=True)
+class OsfSpec:
+    """``config.yaml: osf``: the preserved rank (a fraction of each weight's smaller dimension
+    in (0, 1), or a count >= 1) of stage k, and the targeted modules (null: ``lora``'s)."""
+
+    effective_rank: float | int
+    target_modules: tuple[str, ...] | None
+
+    @classmethod
+    def from_config(cls, cfg: dict, stage: int) -> OsfSpec:
+        unknown = set(cfg) - {"effective_rank", "target_modules"}
+        if unknown:
+            raise ValueError(f"osf: unknown keys {sorted(unknown)}")
+        value = cfg["effective_rank"]
+        if isinstance(value, (list, tuple)):
+            if not value:
+                raise ValueError("osf.effective_rank: empty list")
+            value = value[min(stage, len(value)) - 1]  # a short list repeats its last value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"osf.effective_rank: expected a number, got {value!r}")
+        if isinstance(value, float) and not (0 < value < 1 or value.is_integer()):
+            raise ValueError(
+                f"osf.effective_rank: a fraction must lie in (0, 1), got {value} (stage {stage})"
+            )
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"osf.effective_rank: expected a number > 0, got {value}")
+        value = int(value) if value >= 1 else float(value)
+        modules = cfg.get("target_modules")
+        return cls(value, None if modules is None else tuple(modules))
+
+    def peft_config(self):
+        from peft import OSFConfig
+
+        if not self.target_modules:
+            raise ValueError("osf: no target modules (osf.target_modules or lora.target_modules)")
+        modules = list(self.target_modules)
+        return OSFConfig(effective_rank=self.effective_rank, target_modules=modules)
+
+
+class OSF(Method):
+    name = "osf"
+    config_sections = ("osf",)
+
+    def check_config(self, config: dict) -> None:
+        cfg = config["osf"]
+        ranks = cfg["effective_rank"]
+        for stage in range(1, (len(ranks) if isinstance(ranks, list) else 1) + 1):
+            OsfSpec.from_config(cfg, stage)
+        if config["generation"]["engine"] == "vllm":
+            raise ValueError(
+                "runs.methods: osf's adapters are not LoRAs, which generation.engine: vllm "
+                "serves; use generation.engine: transformers for runs with osf"
+            )
+
+    def check_launch(self, train) -> None:
+        self._refuse_zero3(train, "weights whose gradients OSF projects (its tensor hooks)")
+
+    def state_before(self, stage: int) -> list[int]:
+        return list(range(1, stage))
+
+    def state_after(self, stage: int) -> list[int]:
+        return list(range(1, stage + 1))
+
+    def build_stage_model(self, spec, previous):
+        osf = OsfSpec.from_config(spec.job.options["osf"], spec.stage)
+        # by default the LoRA runs' modules, so a comparison adapts the same weights
+        targets = osf.target_modules or tuple(spec.lora.target_modules)
+        return self.build_model(
+            spec.job.model_dir,
+            previous,
+            spec.lora,
+            spec.stage,
+            spec.precision,
+            spec.job.model["trust_remote_code"],
+            spec.seed[0],
+            osf=OsfSpec(osf.effective_rank, targets),
+        )
+
+    def build_model(
+        self,
+        model_dir,
+        previous,
+        lora,
+        stage,
+        precision="fp32",
+        trust_remote_code=False,
+        seed=0,
+        osf: OsfSpec | None = None,
+    ):
+        """Stages 1..k-1 merged in order into the fp32 base (as ``load_state`` does), a new OSF
+        adapter on top (``osf``: PEFT's default half rank on the LoRA's modules when None); the
+        frozen weights then rounded to ``precision`` and the SVD factors kept in fp32
+        (autocast computes in ``precision``), as a LoRA's are."""
+        from peft import get_peft_model
+
+        from promptcl.model.devices import torch_dtype
+        from promptcl.model.modeling import adapter_name, merge_chain
+
+        self._check_previous(stage, previous)
+        osf = osf or OsfSpec(0.5, tuple(lora.target_modules))
+        base = merge_chain(_base(model_dir, "fp32", trust_remote_code, seed), previous)
+        model = get_peft_model(base, osf.peft_config(), adapter_name=adapter_name(stage))
+        dtype = torch_dtype(precision)
+        for name, param in model.named_parameters():
+            if "osf_svd_params" not in name:
+                param.data = param.data.to(dtype)
+        return model
