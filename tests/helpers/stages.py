@@ -12,6 +12,7 @@ from promptcl.model.adapters import save_adapter
 from promptcl.model.modeling import adapter_name
 from promptcl.prompts.candidates import make_table
 from promptcl.prompts.prompting import PromptFormat
+from promptcl.store import paths
 from promptcl.train.data import encode_table
 from promptcl.train.specs import LoraSpec, TrainSpec, schema_defaults
 from promptcl.train.trainer import fit
@@ -82,3 +83,27 @@ def stage_job(root: Path, model_dir: Path, method: str = "inclora", options: dic
         training=schema_defaults("training"),
         options=options or {},
     )
+
+
+def replay_companion(tmp_path: Path, task: str, stage: int, n: int, trained: int) -> dict:
+    """An earlier task as the DAG hands it to a replaying stage (``role: replay``): ``n``
+    training rows, three candidates, and a stage record saying it trained with ``trained``."""
+    train = tmp_path / f"{task}_train.parquet"
+    table(n, f"label-{task}").assign(id=[f"{task}-{i}" for i in range(n)]).to_parquet(train)
+    pool = make_table("Say the label.", ["Name the label.", "Give the label."], [None, None],
+                      "file", "")  # fmt: skip
+    pool.to_parquet(tmp_path / f"{task}_candidates.parquet")
+    record = tmp_path / f"{task}_adapter"
+    record.mkdir()
+    prompts = {task: {"candidate_id": trained, "instruction": "x"}}
+    (record / paths.STAGE_RECORD).write_text(
+        json.dumps({"task": task, "evaluation_prompts": prompts})
+    )
+    return {
+        "role": "replay",
+        "task": task,
+        "stage": stage,
+        "train": str(train),
+        "candidates": str(tmp_path / f"{task}_candidates.parquet"),
+        "record": str(record),
+    }

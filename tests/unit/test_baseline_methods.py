@@ -3,7 +3,6 @@ Fisher, LwF's distillation, on known numbers and the tiny random Llama."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +28,11 @@ from promptcl.methods.replay import (
 from promptcl.model.adapters import save_adapter
 from promptcl.model.batching import PadCollator
 from promptcl.model.modeling import adapter_name, load_state
-from promptcl.prompts.candidates import make_table
 from promptcl.prompts.prompting import PromptFormat
-from promptcl.store import paths
 from promptcl.train.data import MixedDataset, PromptedDataset, encode_table
 from promptcl.train.specs import LoraSpec
 from tests.helpers import REPO
-from tests.helpers.stages import stage_job, table
+from tests.helpers.stages import replay_companion, stage_job, table
 
 LORA = LoraSpec(r=2, alpha=4, dropout=0.0, target_modules=("q_proj", "v_proj"))
 FMT = PromptFormat()
@@ -95,30 +92,11 @@ def test_a_buffer_is_the_share_of_the_stage_after_its_task():
         buffer_sizes(ReplaySpec(), {1: 40, 3: 20})
 
 
-def _companion(tmp_path: Path, task: str, stage: int, n: int, trained: int) -> dict:
-    train = tmp_path / f"{task}_train.parquet"
-    table(n, f"label-{task}").assign(id=[f"{task}-{i}" for i in range(n)]).to_parquet(train)
-    pool = make_table("Say the label.", ["Name the label.", "Give the label."], [None, None],
-                      "file", "")  # fmt: skip
-    pool.to_parquet(tmp_path / f"{task}_candidates.parquet")
-    record = tmp_path / f"{task}_adapter"
-    record.mkdir()
-    prompts = {task: {"candidate_id": trained, "instruction": "x"}}
-    (record / paths.STAGE_RECORD).write_text(
-        json.dumps({"task": task, "evaluation_prompts": prompts})
-    )
-    return {
-        "role": "replay",
-        "task": task,
-        "stage": stage,
-        "train": str(train),
-        "candidates": str(tmp_path / f"{task}_candidates.parquet"),
-        "record": str(record),
-    }
-
-
 def test_replayed_examples_keep_the_prompt_their_stage_trained_with(tmp_path, tiny_tokenizer):
-    companions = [_companion(tmp_path, "t1", 1, 20, 2), _companion(tmp_path, "t2", 2, 3, 0)]
+    companions = [
+        replay_companion(tmp_path, "t1", 1, 20, 2),
+        replay_companion(tmp_path, "t2", 2, 3, 0),
+    ]
     spec = ReplaySpec(examples=8, max_per_task=5)
     records, parts = replay_parts(spec, companions, 16, tiny_tokenizer, FMT, (0, 3))
     assert [r["examples"] for r in records] == [4, 3]
@@ -143,7 +121,10 @@ def test_replay_adds_its_samples_through_the_method_hook(tmp_path, tiny_tokenize
     rows, same order), keyed ``replayed`` in the stage record; joint companions are not its."""
     from types import SimpleNamespace
 
-    companions = [_companion(tmp_path, "t1", 1, 20, 2), _companion(tmp_path, "t2", 2, 3, 0)]
+    companions = [
+        replay_companion(tmp_path, "t1", 1, 20, 2),
+        replay_companion(tmp_path, "t2", 2, 3, 0),
+    ]
     joint = {**companions[0], "role": "joint", "task": "j"}
     options = {"replay": {"examples": 8, "max_per_task": 5}}
     job = SimpleNamespace(companions=[joint, *companions], options=options)
@@ -186,7 +167,7 @@ def test_replay_draws_each_task_from_one_buffer_over_a_sequence(
     rows of its first replay stage: the run replays at most its buffer of distinct examples."""
     sizes = [40, 30, 20, 60]  # tasks a, b, c, d at stages 1-4
     companions = [
-        _companion(tmp_path, task, stage, n, 0)
+        replay_companion(tmp_path, task, stage, n, 0)
         for stage, (task, n) in enumerate(zip("abcd", sizes, strict=True), 1)
     ]
     by_stage = {k: _replayed(spec, companions, sizes, k, tiny_tokenizer) for k in (2, 3, 4)}
@@ -212,9 +193,9 @@ def test_a_tasks_buffer_does_not_depend_on_its_stage(tmp_path, tiny_tokenizer):
     """Task a first in one sequence and second in another: the same seed and task give the same
     rows for the same count."""
     spec = ReplaySpec(examples=12)
-    a = _companion(tmp_path, "a", 1, 40, 0)
+    a = replay_companion(tmp_path, "a", 1, 40, 0)
     first, _ = replay_parts(spec, [a], 24, tiny_tokenizer, FMT, (0, 2))
-    x = _companion(tmp_path, "x", 1, 40, 0)
+    x = replay_companion(tmp_path, "x", 1, 40, 0)
     later, _ = replay_parts(
         ReplaySpec(examples=24), [x, {**a, "stage": 2}], 24, tiny_tokenizer, FMT, (0, 3)
     )
