@@ -364,10 +364,11 @@ def test_reference_runs_declare_their_rows_of_r():
 
 
 def test_methods_that_share_their_first_stage_train_inclora_s_bitwise(tiny_model_dir, tmp_path):
-    """What lets the DAG train one stage 1 for inclora, olora (lambda2 = 0), seqlora, replay
-    and single (:meth:`Method.shares_first_stage`): the whole stage job of each, with the
+    """What lets the DAG train one stage 1 for inclora, olora (lambda2 = 0), seqlora, replay,
+    agem and single (:meth:`Method.shares_first_stage`): the whole stage job of each, with the
     schema's defaults for its config sections, saves the same LoRA bit for bit. LwF, which
-    declares it does not share, distils towards the base model at stage 1 and differs."""
+    declares it does not share, distils towards the base model at stage 1 and differs; I-LoRA's
+    fast learner is IncLoRA's too (nothing to replay yet), but it saves its slow one beside."""
     import yaml
     from safetensors.torch import load_file
     from snakemake.utils import validate
@@ -383,7 +384,7 @@ def test_methods_that_share_their_first_stage_train_inclora_s_bitwise(tiny_model
         return load_file(str(tmp_path / method / "adapter/adapter_model.safetensors"))
 
     sharing = [m for m, method in METHODS.items() if method.first_stage_is_shared(config)]
-    assert sharing == ["inclora", "olora", "seqlora", "replay", "single"]
+    assert sharing == ["inclora", "olora", "seqlora", "replay", "agem", "single"]
     first = weights("inclora")
     for method in sharing[1:]:
         other = weights(method)
@@ -391,3 +392,6 @@ def test_methods_that_share_their_first_stage_train_inclora_s_bitwise(tiny_model
         assert all(torch.equal(other[k], first[k]) for k in first), method
     lwf = weights("lwf")
     assert not all(torch.equal(lwf[k], first[k]) for k in first)
+    fast = weights("ilora")
+    assert all(torch.equal(fast[k], first[k]) for k in first)
+    assert (tmp_path / "ilora/adapter/slow/adapter_model.safetensors").is_file()

@@ -50,16 +50,17 @@ def _owners(plan: WorkflowPlan, stage: int) -> dict[str, str]:
 
 
 def test_methods_that_start_as_inclora_share_its_first_stage():
-    """Stage 1 of olora (lambda2 = 0), seqlora, replay and single trains what IncLoRA's does
-    (a new LoRA on task 1 from the base model): one job trains it, one predicts after it, and
-    every later stage and the accuracy matrix read it there. EWC (its Fisher), LwF (distils
-    towards the base model) and multitask (trains stage T only) keep their own."""
+    """Stage 1 of olora (lambda2 = 0), seqlora, replay, agem and single trains what IncLoRA's
+    does (a new LoRA on task 1 from the base model): one job trains it, one predicts after it,
+    and every later stage and the accuracy matrix read it there. EWC (its Fisher), LwF (distils
+    towards the base model), I-LoRA (its slow learner), OSF (not a LoRA) and multitask (trains
+    stage T only) keep their own."""
     runs = {"sequences": ["demo"], "methods": list(METHODS), "prompt_strategies": ["paft"]}
     plan = plan_of(runs={**runs, "seeds": [0, 1]})
     host = {seed: f"demo-inclora-paft-s{seed}" for seed in (0, 1)}
     for name, owner in _owners(plan, 1).items():
         method, seed = plan.runs[name].method, plan.runs[name].seed
-        shared = method in {"inclora", "olora", "seqlora", "replay", "single"}
+        shared = method in {"inclora", "olora", "seqlora", "replay", "agem", "single"}
         assert owner == (host[seed] if shared else name), name
     assert set(_owners(plan, 2).values()) == set(plan.runs), "later stages are each run's own"
     assert plan.host_runs == {}, "the IncLoRA runs are configured"

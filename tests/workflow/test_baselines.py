@@ -54,16 +54,18 @@ def test_replay_mixes_earlier_examples_with_the_prompt_they_trained_with(every_p
 
 def test_methods_that_start_as_inclora_share_its_first_stage(every_pair):
     """One stage-1 job (and one prediction job after it) per strategy for inclora, olora,
-    seqlora, replay and single; EWC (its Fisher) and LwF (distils towards the base model) train
-    their own; their rows 1 of R are the same cells."""
+    seqlora, replay, agem and single; EWC (its Fisher), LwF (distils towards the base model),
+    I-LoRA (its slow learner) and OSF (not a LoRA) train their own; the rows 1 of R of the
+    sharing ones are the same cells."""
     results = every_pair / "results"
-    sharing = {"inclora", "olora", "seqlora", "replay", "single"}
+    sharing = {"inclora", "olora", "seqlora", "replay", "agem", "single"}
+    owning = {"inclora", "ewc", "lwf", "ilora", "osf"}
     for strategy in STRATEGIES:
         host = pair_run("inclora", strategy)
         for method in METHODS:
             run = pair_run(method, strategy)
             owns = (results / run / "stage_1").exists()
-            assert owns == (method in {"inclora", "ewc", "lwf"}), run
+            assert owns == (method in owning), run
             if method in sharing:
                 row_1 = [
                     pd.read_parquet(results / r / "metrics/accuracy_matrix.parquet")
@@ -75,7 +77,7 @@ def test_methods_that_start_as_inclora_share_its_first_stage(every_pair):
                 assert len(row_1[0]) > 0
                 pd.testing.assert_frame_equal(*row_1)
         trained = (results / "benchmarks").glob(f"*-{strategy.replace(':', '_')}-s0/stage_1/")
-        assert len(list(trained)) == 3  # inclora's, ewc's and lwf's
+        assert len(list(trained)) == len(owning)
 
 
 def test_ewc_and_lwf_log_their_terms_apart_from_the_task_loss(every_pair):
@@ -89,6 +91,31 @@ def test_ewc_and_lwf_log_their_terms_apart_from_the_task_loss(every_pair):
         adapter = every_pair / f"results/{pair_run('ewc', 'original')}/stage_{k}/adapter"
         assert (adapter / "ewc_fisher.safetensors").is_file()
         assert _record(every_pair, pair_run("ewc", "original"), k)["ewc"]["fisher_examples"] == 4
+
+
+def test_agem_ilora_and_osf_leave_their_artifacts_in_the_workflow(every_pair):
+    """A-GEM's memory and projection counts in the stage record; I-LoRA's slow learner beside
+    each stage's adapter and its terms in the training log; OSF's PEFT folders, chained."""
+    results = every_pair / "results"
+    agem = _record(every_pair, pair_run("agem", "paft"), 2)["agem"]
+    assert [(m["task"], m["examples"]) for m in agem["memory"]] == [(SEQUENCE[0], 3)]
+    assert agem["steps"]["updates"] == _record(every_pair, pair_run("agem", "paft"), 2)["steps"]
+    assert 0 <= agem["steps"]["projected"] <= agem["steps"]["updates"]
+    ilora = pair_run("ilora", "sapo")
+    for k in (1, 2):
+        slow = results / ilora / f"stage_{k}/adapter/slow"
+        assert (slow / "adapter_model.safetensors").is_file()
+    log = pd.read_parquet(results / ilora / "stage_2/train_log.parquet")
+    assert {"buffer_loss", "consistency"} <= set(log.columns)
+    assert (log["loss"] - log["task_loss"] - log["penalty"]).abs().max() < 1e-6
+    assert _record(every_pair, ilora, 2)["ilora"]["buffer"][0]["examples"] == 4
+    osf = pair_run("osf", "original")
+    for k in (1, 2):
+        cfg = json.loads((results / osf / f"stage_{k}/adapter/adapter_config.json").read_text())
+        assert cfg["peft_type"] == "OSF"
+    assert _record(every_pair, osf, 2)["osf"]["loads_onto"].startswith(
+        "the base model with stages [1]"
+    )
 
 
 def test_the_reference_runs_define_their_rows_of_r(every_pair):

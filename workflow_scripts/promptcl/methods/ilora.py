@@ -106,19 +106,24 @@ def ema_update(model, fast: str, slow: str, beta: float) -> None:
 
 @contextmanager
 def slow_learner(model, fast: str):
-    """The model computing with the slow learner instead of the fast one: the slow adapter takes
-    the fast one's scaling (both have the same config) and the fast one's is 0."""
+    """The model computing with the slow learner instead of the fast one. Only the fast one is
+    active otherwise, so the slow one costs nothing (nor draws dropout masks) in the task's
+    forward passes; the active adapter is switched per LoRA layer, which leaves every
+    parameter's ``requires_grad`` as it is (PEFT's ``set_adapter`` would make the slow one
+    trainable)."""
     from peft.tuners.lora import LoraLayer
 
     layers = [m for m in model.modules() if isinstance(m, LoraLayer) and SLOW in m.scaling]
-    saved = [(m.scaling[fast], m.scaling[SLOW]) for m in layers]
+    if not layers:
+        raise ValueError(f"no LoRA layer holds the slow learner '{SLOW}'")
+    saved = [m._active_adapter for m in layers]
     try:
         for m in layers:
-            m.scaling[SLOW], m.scaling[fast] = m.scaling[fast], 0.0
+            m._active_adapter = [SLOW]
         yield model
     finally:
-        for m, (fast_scale, slow_scale) in zip(layers, saved, strict=True):
-            m.scaling[fast], m.scaling[SLOW] = fast_scale, slow_scale
+        for m, active in zip(layers, saved, strict=True):
+            m._active_adapter = active
 
 
 def consistency(fast: tuple, slow: tuple, mask: torch.Tensor) -> torch.Tensor:
@@ -153,7 +158,7 @@ def buffer_term(buffer: list[dict], spec: IloraSpec, collate, seed, fast: str):
         batch = collate([buffer[i] for i in rows])
         device = inputs["input_ids"].device
         batch = {k: v.to(device) for k, v in batch.items()}
-        plastic = model(**batch, output_hidden_states=True)  # the slow learner is off
+        plastic = model(**batch, output_hidden_states=True)  # the fast learner
         with torch.no_grad(), slow_learner(model, fast):
             stable = model(
                 **{k: v for k, v in batch.items() if k != "labels"}, output_hidden_states=True
@@ -207,9 +212,9 @@ class ILoRA(SeqLoRA):
     def build_model(
         self, model_dir, previous, lora, stage, precision="fp32", trust_remote_code=False, seed=0
     ):
-        """The fast learner (seqlora's LoRA: new at stage 1, else continued) and the slow one
-        (a copy of the fast learner's initial weights at stage 1, else the last stage's), both
-        active, the slow one's contribution off; only the fast one trains."""
+        """The fast learner (seqlora's LoRA: new at stage 1, else continued), active and the
+        only one trained, and the slow one (a copy of the fast learner's initial weights at
+        stage 1, else the last stage's), frozen and used in :func:`slow_learner` only."""
         from promptcl.model.adapters import continued_lora, new_lora, train_only
         from promptcl.model.modeling import adapter_name
         from promptcl.store.integrity import verify_dir
@@ -225,8 +230,7 @@ class ILoRA(SeqLoRA):
             model = new_lora(base, lora, stage)
             model.add_adapter(SLOW, lora.peft_config())
             ema_update(model, fast, SLOW, 0.0)  # the slow learner starts as the fast one
-        model.base_model.set_adapter([fast, SLOW])
-        _switch_off(model, SLOW)
+        model.base_model.set_adapter(fast)  # the slow learner computes in slow_learner only
         return train_only(model, fast)
 
     def training_hooks(self, spec, model, tokenizer) -> TrainingHooks:
@@ -261,15 +265,6 @@ class ILoRA(SeqLoRA):
         base = json.loads((Path(out_dir) / "adapter_config.json").read_text())
         save_adapter(model, SLOW, Path(out_dir) / SLOW, base["base_model_name_or_path"])
         return {"ilora_slow": SLOW}
-
-
-def _switch_off(model, adapter: str) -> None:
-    """The adapter active but contributing nothing (scaling 0) outside :func:`slow_learner`."""
-    from peft.tuners.lora import LoraLayer
-
-    for m in model.modules():
-        if isinstance(m, LoraLayer) and adapter in m.scaling:
-            m.scaling[adapter] = 0.0
 
 
 def _load_slow(model, path: Path) -> None:
