@@ -84,7 +84,8 @@ def test_the_callback_projects_exactly_when_the_memory_gradient_conflicts(
         model(**batch).loss.backward()
         g = [p.grad.clone() for p in params]
         rows = draw(len(memory), 2, 0, 2, step)
-        ref = reference_gradient(model, params, [memory[i] for i in rows], collate, 2, False)
+        chosen = [memory[i] for i in rows]
+        ref = reference_gradient(model, params, chosen, collate, 2, False, (0, 2, step))
         dot = float(sum((a.double() * b.double()).sum() for a, b in zip(g, ref, strict=True)))
         callback.on_pre_optimizer_step(args, SimpleNamespace(global_step=step), None, model=model)
         after = [p.grad for p in params]

@@ -104,6 +104,52 @@ def test_packed_rows_train_alike_under_deepspeed_and_ddp(variants):
     assert ddp["info"]["steps"] == 4 and ddp["text"].count("promptcl.stage: done:") == 1
 
 
+def _two_stages_under_ddp(tmp_path: Path, model_dir: Path, method: str, **options) -> tuple:
+    """Stage 2 of a tiny ``method`` run trained by two DDP processes: (stage folder, its record,
+    the log text)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "model").symlink_to(model_dir)
+    config = tiny_config(tmp_path / "model")
+    config["runs"]["methods"] = [method]
+    config.update(options)
+    config["training"].update({"processes": 2, "deepspeed": None, "batch_size": 2})
+    cfg = write_config(tmp_path / "config.yaml", config)
+    stage = tmp_path / f"results/tiny-{method}-original-s0/stage_2"
+    snakemake(tmp_path, str(stage.relative_to(tmp_path) / "adapter"), "--configfile", str(cfg))
+    text = (tmp_path / f"results/logs/tiny-{method}-original-s0/stage_2/train.log").read_text()
+    record = json.loads((stage / "adapter/promptcl_stage.json").read_text())
+    assert record["world_size"] == 2 and text.count("promptcl.stage: done:") == 1
+    return stage, record, text
+
+
+def test_agem_projects_alike_on_every_ddp_rank(tiny_model_dir, tmp_path):
+    """A-GEM's stage 2 under two DDP processes: each rank draws the same memory batch (and
+    dropout masks) and holds the same averaged gradient, so each logs the same g·g_ref and the
+    same decision for every update."""
+    import re
+
+    agem = {"agem": {"memory_per_task": 4, "reference_examples": 2}}
+    _, record, text = _two_stages_under_ddp(tmp_path, tiny_model_dir, "agem", **agem)
+    updates = {
+        rank: re.findall(rf"rank{rank} .*A-GEM update (\d+): g.g_ref = (\S+), (\w+)", text)
+        for rank in (0, 1)
+    }
+    assert len(updates[0]) == record["steps"] == record["agem"]["steps"]["updates"]
+    assert updates[0] == updates[1]
+    assert record["agem"]["steps"]["projected"] == sum(u[2] == "projected" for u in updates[0])
+
+
+def test_ilora_and_osf_train_under_ddp(tiny_model_dir, tmp_path):
+    """I-LoRA's extra forward passes (the buffer through the fast learner, the slow learner
+    without gradients) and OSF's gradient hooks and re-projection under two DDP processes."""
+    ilora = {"ilora": {"buffer_size": 4}}
+    stage, record, _ = _two_stages_under_ddp(tmp_path / "i", tiny_model_dir, "ilora", **ilora)
+    assert (stage / "adapter/slow/adapter_model.safetensors").is_file()
+    assert {"buffer_loss", "consistency"} <= set(pd.read_parquet(stage / "train_log.parquet"))
+    stage, record, _ = _two_stages_under_ddp(tmp_path / "o", tiny_model_dir, "osf")
+    assert record["osf"]["loads_onto"].startswith("the base model with stages [1]")
+
+
 def _job(tmp_path: Path, **training) -> StageJob:
     return StageJob(
         stage=1,

@@ -9,7 +9,8 @@ its own stage trained with). They are never trained on.
 **Projection.** Once per optimiser update, after the update's micro-batches have accumulated its
 gradient g (and after gradient clipping), a reference gradient g_ref is computed on
 ``agem.reference_examples`` examples drawn from the whole memory (seeded by run seed, stage and
-update, so a resumed job draws the same), and the update is projected when it conflicts:
+update, as are its dropout masks, so a resumed job and every DDP rank compute the same), and the
+update is projected when it conflicts:
 
     g ← g − (gᵀg_ref / g_refᵀg_ref) · g_ref    if gᵀg_ref < 0, else unchanged,
 
@@ -94,10 +95,30 @@ def project(grads: list[torch.Tensor], reference: list[torch.Tensor]) -> tuple[b
 
 
 def reference_gradient(
-    model, params: list, examples: list[dict], collate, batch_size: int, bf16: bool
+    model,
+    params: list,
+    examples: list[dict],
+    collate,
+    batch_size: int,
+    bf16: bool,
+    seed: tuple[int, ...] = (0,),
 ) -> list[torch.Tensor]:
     """The gradient of the mean answer-token loss over ``examples`` w.r.t. ``params``, in
-    micro-batches of ``batch_size``, under the training's autocast; ``.grad`` is left alone."""
+    micro-batches of ``batch_size``, under the training's autocast; ``.grad`` is left alone.
+
+    The model stays in train mode (dropout on, as for the update's own gradient), with the
+    random state forked and seeded by ``seed``: every DDP rank, and a resumed job, draws the
+    same dropout masks, so every rank computes the same g_ref."""
+    import torch
+
+    device = next(model.parameters()).device
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(np.random.SeedSequence(list(seed)).generate_state(1)[0]))
+        return _reference_gradient(model, params, examples, collate, batch_size, bf16)
+
+
+def _reference_gradient(model, params, examples, collate, batch_size, bf16):
     import torch
 
     from promptcl.prompts.prompting import IGNORE_INDEX
@@ -144,11 +165,13 @@ def projection_callback(memory: list[dict], spec: AgemSpec, collate, seed, stats
                 collate,
                 args.per_device_train_batch_size,
                 args.bf16,
+                (seed[0], seed[1], state.global_step),
             )
             projected, dot = project([p.grad for p in params], reference)
             stats["updates"] += 1
             stats["projected"] += int(projected)
-            log.debug("A-GEM update %d: g.g_ref = %.3g", state.global_step + 1, dot)
+            verdict = "projected" if projected else "kept"
+            log.info("A-GEM update %d: g.g_ref = %.9g, %s", state.global_step + 1, dot, verdict)
 
         def on_save(self, args, state, control, **kwargs):
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
