@@ -198,3 +198,35 @@ def test_agem_refuses_deepspeed_naming_the_key(ds):
 def test_agem_config_errors_name_the_key(cfg, key):
     with pytest.raises(ValueError, match=key):
         AgemSpec.from_config(cfg)
+
+
+def test_a_resumed_stage_ends_as_the_uninterrupted_one(tmp_path, tiny_model_dir, tiny_tokenizer):
+    """Stopped after update 2 and resumed: the same memory draws and dropout masks per update,
+    so the same LoRA and the same projection counts as the uninterrupted stage."""
+    from transformers import TrainerCallback
+
+    companions = [replay_companion(tmp_path, "t1", 1, 8, 0)]
+    options = {"agem": {"memory_per_task": 6, "reference_examples": 2}}
+    examples = encode_table(tiny_tokenizer, FMT, table(8, "yes"))
+
+    class StopAt2(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 2:
+                control.should_training_stop = True
+
+    def run(state, extra=()) -> tuple[dict, dict]:
+        job = SimpleNamespace(companions=companions, options=options)
+        stage = SimpleNamespace(job=job, fmt=FMT, seed=(0, 2), stage=2, state_dir=state)
+        model = _lora_model(tiny_model_dir)
+        hooks = METHODS["agem"].training_hooks(stage, model, tiny_tokenizer)
+        train = spec(max_steps=4, batch_size=2, save_steps=2)
+        fit(model, tiny_tokenizer, examples, train, state, [*hooks.callbacks, *extra])
+        weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        return weights, hooks.record["agem"]["steps"]
+
+    full, counts = run(tmp_path / "full")
+    run(tmp_path / "part", [StopAt2()])
+    resumed, resumed_counts = run(tmp_path / "part")
+    assert resumed_counts == counts and counts["updates"] == 4
+    for key, want in full.items():
+        assert torch.allclose(want, resumed[key], atol=1e-6), key

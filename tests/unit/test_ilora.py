@@ -200,3 +200,40 @@ def _repo() -> Path:
 def test_ilora_config_errors_name_the_key(cfg, key):
     with pytest.raises(ValueError, match=key):
         IloraSpec.from_config(cfg)
+
+
+def test_a_resumed_stage_ends_with_the_uninterrupted_fast_and_slow_learners(
+    tmp_path, tiny_model_dir, tiny_tokenizer
+):
+    """Stopped after update 2 (a checkpoint holds the fast learner, and the slow one beside it)
+    and resumed: both learners end as in the uninterrupted stage, buffer term included."""
+    from transformers import TrainerCallback
+
+    companions = [replay_companion(tmp_path, "t1", 1, 6, 0)]
+    options = {"ilora": {"buffer_size": 4, "ema": 0.5, "consistency_weight": 1.0}}
+    examples = encode_table(tiny_tokenizer, FMT, table(8, "yes"))
+
+    class StopAt2(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 2:
+                control.should_training_stop = True
+
+    def run(state: Path, extra=()) -> dict:
+        job = SimpleNamespace(companions=companions, options=options)
+        stage = SimpleNamespace(job=job, fmt=FMT, seed=(0, 2), stage=1, state_dir=state)
+        model = ILORA.build_model(tiny_model_dir, [], LORA, 1)
+        hooks = ILORA.training_hooks(stage, model, tiny_tokenizer)
+        train = spec(max_steps=4, batch_size=2, save_steps=2)
+        fit(model, tiny_tokenizer, examples, train, state, [*hooks.callbacks, *extra], None, None,
+            hooks.loss_term)  # fmt: skip
+        return {
+            **_snapshot(model, adapter_name(1)),
+            **{f"slow.{k}": v for k, v in _snapshot(model, SLOW).items()},
+        }
+
+    full = run(tmp_path / "full")
+    run(tmp_path / "part", [StopAt2()])
+    assert (tmp_path / "part/checkpoint-2/ilora_slow.safetensors").is_file()
+    resumed = run(tmp_path / "part")
+    for key, want in full.items():
+        assert torch.allclose(want, resumed[key], atol=1e-6), key
