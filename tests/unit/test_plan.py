@@ -143,6 +143,8 @@ def test_registries_match_the_schema():
     schema = yaml.safe_load((REPO / "config/schema.yaml").read_text())
     runs = schema["properties"]["runs"]["properties"]
     assert set(runs["methods"]["items"]["enum"]) == set(METHODS)
+    extra = runs["extra"]["items"]["properties"]
+    assert set(extra["method"]["enum"]) == set(METHODS)  # runs.extra names every method too
     pattern = runs["prompt_strategies"]["items"]["pattern"]
     for name, strategy in STRATEGIES.items():
         assert (name + ":<id>" if strategy.takes_argument else name).split(":")[0] in pattern

@@ -120,8 +120,9 @@ def forgetting_curves(cells: pd.DataFrame, metric: str, title: str, path: Path) 
 
 
 def loss_curves(logs: Mapping[int, pd.DataFrame], title: str, path: Path) -> Path:
-    """Training loss per optimiser step, stages one after another; with a weight penalty
-    (O-LoRA) the task loss and the penalty get separate panels."""
+    """Training loss per optimiser step, stages one after another; with a method's term in the
+    loss (O-LoRA's, EWC's penalty; LwF's, I-LoRA's per-batch term) the task loss and the term
+    get separate panels."""
     penalised = any("penalty" in log.columns for log in logs.values())
     fig, axes = new_figure(1, 2 if penalised else 1, width=5.5, height=3.4)
     offset = 0
@@ -135,7 +136,7 @@ def loss_curves(logs: Mapping[int, pd.DataFrame], title: str, path: Path) -> Pat
         offset = int(steps.max()) if len(steps) else offset
     axes[0][0].set_ylabel("task loss (answer-token cross-entropy, nats)")
     if penalised:
-        axes[0][1].set_ylabel("weight penalty (O-LoRA, in the loss)")
+        axes[0][1].set_ylabel("the method's term in the loss")
         axes[0][1].legend(fontsize=7)
     for ax in axes[0]:
         ax.set_xlabel("optimiser step (cumulative over stages)")
