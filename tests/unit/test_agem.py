@@ -114,9 +114,12 @@ def test_the_reference_gradient_leaves_accumulated_gradients_alone(tiny_model_di
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(whole, split, strict=True))
 
 
+@pytest.mark.parametrize("checkpointing", [False, True])
 def test_one_projection_per_optimiser_update_under_gradient_accumulation(
-    tmp_path, tiny_model_dir, tiny_tokenizer
+    tmp_path, tiny_model_dir, tiny_tokenizer, checkpointing
 ):
+    """Four micro-batches, two updates: two projections; also with gradient checkpointing
+    (transformers' non-reentrant kind, which ``torch.autograd.grad`` needs)."""
     model = _lora_model(tiny_model_dir)
     collate = PadCollator(tiny_tokenizer.pad_token_id, left=True)
     memory = _examples(tiny_tokenizer, "no", 4)
@@ -127,7 +130,7 @@ def test_one_projection_per_optimiser_update_under_gradient_accumulation(
         model,
         tiny_tokenizer,
         examples,
-        spec(batch_size=2, grad_accum=2),  # 4 micro-batches, 2 updates
+        spec(batch_size=2, grad_accum=2, gradient_checkpointing=checkpointing),  # 4 micro, 2 up
         tmp_path / "state",
         callbacks=[callback],
     )
