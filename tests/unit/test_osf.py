@@ -196,3 +196,17 @@ def test_osf_declares_a_chain_of_its_own_stages_and_refuses_vllm_and_zero3():
     OSF.check_config({"osf": {"effective_rank": 0.5}, "generation": {"engine": "transformers"}})
     with pytest.raises(ValueError, match="ZeRO-3"):
         OSF.check_launch(SimpleNamespace(deepspeed=str(REPO / "config/deepspeed/zero3.json")))
+
+
+def test_osf_stages_train_at_their_own_learning_rate(tmp_path, tiny_model_dir):
+    from tests.helpers.stages import stage_job
+
+    own = {"osf": {"effective_rank": 0.5, "learning_rate": 2e-5}}
+    assert stage_job(tmp_path / "a", tiny_model_dir, "osf", own).train_spec(1).learning_rate == 2e-5
+    shared = {"osf": {"effective_rank": 0.5, "learning_rate": None}}
+    job = stage_job(tmp_path / "b", tiny_model_dir, "osf", shared)
+    assert job.train_spec(1).learning_rate == job.training["learning_rate"]
+    inclora = stage_job(tmp_path / "c", tiny_model_dir, "inclora", own)
+    assert inclora.train_spec(1).learning_rate == inclora.training["learning_rate"]
+    with pytest.raises(ValueError, match="osf.learning_rate"):
+        OsfSpec.from_config({"effective_rank": 0.5, "learning_rate": 0}, 1)

@@ -85,6 +85,12 @@ class Method:
         stage trains (LwF subclasses IncLoRA and distils at stage 1)."""
         return "shares_first_stage" in type(self).__dict__ and self.shares_first_stage(config)
 
+    def training_overrides(self, options: dict) -> dict:
+        """``training`` settings this method's stages replace, from its options (OSF's learning
+        rate: its factors are a full-rank parameterisation, trained at a full fine-tuning
+        rate); none by default."""
+        return {}
+
     def options(self, config: dict) -> dict:
         return {section: config[section] for section in self.config_sections}
 

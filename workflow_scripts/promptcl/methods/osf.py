@@ -20,6 +20,9 @@ What this means, as an adapter that is not a LoRA:
 * **Its size** is r·(out + in + 1) per targeted weight, r = min(out, in) - effective_rank: at
   PEFT's default (half the rank) about the size of the weights themselves, not of a LoRA.
 * **vLLM cannot serve it** (vLLM takes LoRAs only): the DAG refuses ``generation.engine: vllm``.
+* **Its learning rate is its own** (``osf.learning_rate``): the factors span half of each
+  weight's spectrum, a full-rank parameterisation trained like full fine-tuning; at a LoRA's
+  rate (the demo's 1e-3) it wrecks the model (docs/baselines.md). PEFT's example uses 5e-6.
 
 **The preserved subspace under AdamW.** PEFT projects the factors' *gradients* (tensor hooks),
 which keeps plain SGD's updates in the trainable subspace; AdamW's per-coordinate scaling of the
@@ -77,14 +80,16 @@ def reprojection_callback():
 @dataclass(frozen=True)
 class OsfSpec:
     """``config.yaml: osf``: the preserved rank (a fraction of each weight's smaller dimension
-    in (0, 1), or a count >= 1) of stage k, and the targeted modules (null: ``lora``'s)."""
+    in (0, 1), or a count >= 1) of stage k, the targeted modules (null: ``lora``'s) and the
+    learning rate of its stages (null: ``training.learning_rate``)."""
 
     effective_rank: float | int
     target_modules: tuple[str, ...] | None
+    learning_rate: float | None = None
 
     @classmethod
     def from_config(cls, cfg: dict, stage: int) -> OsfSpec:
-        unknown = set(cfg) - {"effective_rank", "target_modules"}
+        unknown = set(cfg) - {"effective_rank", "target_modules", "learning_rate"}
         if unknown:
             raise ValueError(f"osf: unknown keys {sorted(unknown)}")
         value = cfg["effective_rank"]
@@ -102,7 +107,11 @@ class OsfSpec:
             raise ValueError(f"osf.effective_rank: expected a number > 0, got {value}")
         value = int(value) if value >= 1 else float(value)
         modules = cfg.get("target_modules")
-        return cls(value, None if modules is None else tuple(modules))
+        rate = cfg.get("learning_rate")
+        if rate is not None and (isinstance(rate, bool) or not 0 < float(rate) < math.inf):
+            raise ValueError(f"osf.learning_rate: expected a number > 0 or null, got {rate!r}")
+        rate = None if rate is None else float(rate)
+        return cls(value, None if modules is None else tuple(modules), rate)
 
     def peft_config(self):
         from peft import OSFConfig
@@ -137,6 +146,10 @@ class OSF(Method):
     def state_after(self, stage: int) -> list[int]:
         return list(range(1, stage + 1))
 
+    def training_overrides(self, options: dict) -> dict:
+        rate = OsfSpec.from_config(options["osf"], 1).learning_rate
+        return {} if rate is None else {"learning_rate": rate}
+
     def training_hooks(self, spec, model, tokenizer) -> TrainingHooks:
         osf = OsfSpec.from_config(spec.job.options["osf"], spec.stage)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -163,7 +176,7 @@ class OSF(Method):
             spec.precision,
             spec.job.model["trust_remote_code"],
             spec.seed[0],
-            osf=OsfSpec(osf.effective_rank, targets),
+            osf=OsfSpec(osf.effective_rank, targets, osf.learning_rate),
         )
 
     def build_model(

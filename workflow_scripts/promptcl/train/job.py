@@ -109,6 +109,7 @@ class StageJob:
         )
 
         cfg = {k: v for k, v in self.training.items() if k not in LAUNCH_KEYS}
+        cfg.update(method_of(self.run["method"]).training_overrides(self.options))
         spec = TrainSpec.from_config(
             cfg, seed=self.run["seed"], precision=resolve_precision(self.model["precision"])
         )
