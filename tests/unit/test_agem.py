@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from promptcl.methods import METHODS
-from promptcl.methods.agem import AgemSpec, draw, project, projection_callback, reference_gradient
+from promptcl.methods.agem import AgemSpec, project, projection_callback, reference_gradient
+from promptcl.methods.replay import seeded_rows
 from promptcl.model.batching import PadCollator
 from promptcl.train.data import encode_table
 from promptcl.train.trainer import fit
@@ -83,7 +84,7 @@ def test_the_callback_projects_exactly_when_the_memory_gradient_conflicts(
         model.zero_grad()
         model(**batch).loss.backward()
         g = [p.grad.clone() for p in params]
-        rows = draw(len(memory), 2, 0, 2, step)
+        rows = seeded_rows(len(memory), 2, 0, 2, step)
         chosen = [memory[i] for i in rows]
         ref = reference_gradient(model, params, chosen, collate, 2, False, (0, 2, step))
         dot = float(sum((a.double() * b.double()).sum() for a, b in zip(g, ref, strict=True)))
@@ -139,10 +140,12 @@ def test_one_projection_per_optimiser_update_under_gradient_accumulation(
 
 
 def test_the_memory_draw_is_seeded_by_run_stage_and_update():
-    assert draw(20, 4, 0, 2, 5) == draw(20, 4, 0, 2, 5)
-    assert len(set(draw(20, 4, 0, 2, 5))) == 4
-    assert {tuple(draw(20, 4, 0, 2, s)) for s in range(6)} != {tuple(draw(20, 4, 0, 2, 0))}
-    assert draw(3, 8, 0, 2, 0) == [0, 1, 2]  # a small memory is used whole
+    assert seeded_rows(20, 4, 0, 2, 5) == seeded_rows(20, 4, 0, 2, 5)
+    assert len(set(seeded_rows(20, 4, 0, 2, 5))) == 4
+    assert {tuple(seeded_rows(20, 4, 0, 2, s)) for s in range(6)} != {
+        tuple(seeded_rows(20, 4, 0, 2, 0))
+    }
+    assert seeded_rows(3, 8, 0, 2, 0) == [0, 1, 2]  # a small memory is used whole
 
 
 # --- the DAG, the memory, refusals ---------------------------------------------------------------

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from promptcl.methods import METHODS
+from promptcl.methods.ewc import lora_parameters
 from promptcl.methods.ilora import (
     SLOW,
     IloraSpec,
     consistency,
     ema_callback,
     ema_update,
-    lora_tensors,
     slow_learner,
 )
 from promptcl.model.adapters import save_adapter
@@ -32,14 +32,14 @@ ILORA = METHODS["ilora"]
 
 
 def _snapshot(model, adapter: str) -> dict[str, torch.Tensor]:
-    return {k: p.detach().clone() for k, p in lora_tensors(model, adapter).items()}
+    return {k: p.detach().clone() for k, p in lora_parameters(model, adapter).items()}
 
 
 def test_one_update_moves_the_slow_learner_by_the_rate(tiny_model_dir):
     model = ILORA.build_model(tiny_model_dir, [], LORA, 1)
     fast = adapter_name(1)
     with torch.no_grad():
-        for p in lora_tensors(model, fast).values():
+        for p in lora_parameters(model, fast).values():
             p.add_(torch.randn_like(p))
     slow_before, fast_before = _snapshot(model, SLOW), _snapshot(model, fast)
     ema_update(model, fast, SLOW, 0.25)
@@ -103,7 +103,7 @@ def test_the_slow_forward_is_the_slow_adapter_alone(tmp_path, tiny_model_dir, ti
     model = ILORA.build_model(tiny_model_dir, [], LORA, 1)
     fast = adapter_name(1)
     with torch.no_grad():
-        for p in lora_tensors(model, SLOW).values():
+        for p in lora_parameters(model, SLOW).values():
             p.add_(0.5 * torch.randn_like(p))
     batch = PadCollator(tiny_tokenizer.pad_token_id, left=True)(
         list(encode_table(tiny_tokenizer, FMT, table(2, "yes")))
@@ -130,7 +130,7 @@ def test_a_stage_saves_the_slow_learner_beside_the_fast_one_and_the_next_continu
 ):
     model = ILORA.build_model(tiny_model_dir, [], LORA, 1)
     with torch.no_grad():
-        for p in lora_tensors(model, SLOW).values():
+        for p in lora_parameters(model, SLOW).values():
             p.add_(1.0)
     out = tmp_path / "stage_1"
     save_adapter(model, adapter_name(1), out, str(tiny_model_dir))

@@ -30,13 +30,12 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from promptcl.methods.base import TrainingHooks
-from promptcl.methods.replay import ReplaySpec, memory_examples
+from promptcl.methods.replay import ReplaySpec, memory_examples, seeded_rows
 from promptcl.methods.seqlora import SeqLoRA
 
 if TYPE_CHECKING:
@@ -143,21 +142,17 @@ def _reference_gradient(model, params, examples, collate, batch_size, bf16):
     return out
 
 
-def draw(size: int, n: int, seed: int, stage: int, step: int) -> list[int]:
-    """The memory rows of update ``step``'s reference gradient (sorted, without replacement)."""
-    rng = np.random.default_rng([int(seed), int(stage), int(step)])
-    return sorted(int(i) for i in rng.choice(size, size=min(n, size), replace=False))
-
-
 def projection_callback(memory: list[dict], spec: AgemSpec, collate, seed, stats: dict):
     """A ``TrainerCallback`` that projects each update's gradient before the optimiser step and
     counts the updates and projections into ``stats`` (saved in every checkpoint)."""
     from transformers import TrainerCallback
 
+    from promptcl.train.callbacks import checkpoint_dir
+
     class AgemProjection(TrainerCallback):
         def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
             params = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
-            rows = draw(len(memory), spec.reference_examples, seed[0], seed[1], state.global_step)
+            rows = seeded_rows(len(memory), spec.reference_examples, *seed, state.global_step)
             reference = reference_gradient(
                 model,
                 params,
@@ -174,7 +169,7 @@ def projection_callback(memory: list[dict], spec: AgemSpec, collate, seed, stats
             log.info("A-GEM update %d: g.g_ref = %.9g, %s", state.global_step + 1, dot, verdict)
 
         def on_save(self, args, state, control, **kwargs):
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            folder = checkpoint_dir(args, state)
             if folder.is_dir():
                 (folder / STATE_FILE).write_text(json.dumps(stats))
 
@@ -204,7 +199,7 @@ class AGEM(SeqLoRA):
 
     def training_hooks(self, spec, model, tokenizer) -> TrainingHooks:
         from promptcl.model.batching import PadCollator
-        from promptcl.train.trainer import latest_checkpoint
+        from promptcl.train.callbacks import resumed_file
 
         options = AgemSpec.from_config(spec.job.options["agem"])
         earlier = sum(c["role"] == "replay" for c in spec.job.companions)
@@ -212,9 +207,9 @@ class AGEM(SeqLoRA):
             return TrainingHooks()
         records, memory = memory_examples(options.memory(earlier), spec, tokenizer, 0)
         stats = {"updates": 0, "projected": 0}
-        resume = latest_checkpoint(spec.state_dir)
-        if resume and (Path(resume) / STATE_FILE).is_file():
-            stats.update(json.loads((Path(resume) / STATE_FILE).read_text()))
+        saved = resumed_file(spec.state_dir, STATE_FILE)
+        if saved:
+            stats.update(json.loads(saved.read_text()))
         log.info("A-GEM memory: %d examples of %d earlier task(s)", len(memory), earlier)
         collate = PadCollator(tokenizer.pad_token_id, left=True)
         callback = projection_callback(memory, options, collate, spec.seed, stats)

@@ -38,10 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from promptcl.methods.base import TrainingHooks, _base
-from promptcl.methods.replay import ReplaySpec, memory_examples
+from promptcl.methods.ewc import lora_parameters
+from promptcl.methods.replay import ReplaySpec, memory_examples, seeded_rows
 from promptcl.methods.seqlora import SeqLoRA
 
 if TYPE_CHECKING:
@@ -82,21 +81,11 @@ class IloraSpec:
         return min(1 - 1 / (step + 1), self.ema)
 
 
-def lora_tensors(model, adapter: str) -> dict[str, torch.nn.Parameter]:
-    """``adapter``'s LoRA parameters under names free of the adapter name, so the fast and the
-    slow learner's match key by key."""
-    marker = f".{adapter}."
-    out = {n.replace(marker, "."): p for n, p in model.named_parameters() if marker in n}
-    if not out:
-        raise ValueError(f"adapter '{adapter}' has no parameters in this model")
-    return out
-
-
 def ema_update(model, fast: str, slow: str, beta: float) -> None:
     """θ_slow ← β·θ_slow + (1 − β)·θ_fast, parameter by parameter, without gradients."""
     import torch
 
-    fast_params, slow_params = lora_tensors(model, fast), lora_tensors(model, slow)
+    fast_params, slow_params = lora_parameters(model, fast), lora_parameters(model, slow)
     if fast_params.keys() != slow_params.keys():
         raise ValueError(f"adapters '{fast}' and '{slow}' do not wrap the same modules")
     with torch.no_grad():
@@ -139,22 +128,15 @@ def consistency(fast: tuple, slow: tuple, mask: torch.Tensor) -> torch.Tensor:
     return torch.cat(terms).mean()
 
 
-def draw_buffer(size: int, n: int, seed: int, stage: int, input_ids) -> list[int]:
-    """The buffer rows paired with a micro-batch: seeded by the batch's tokens, so a resumed
-    job pairs each batch with the same rows."""
-    key = zlib.crc32(input_ids.detach().cpu().numpy().tobytes())
-    rng = np.random.default_rng([int(seed), int(stage), key])
-    return sorted(int(i) for i in rng.choice(size, size=min(n, size), replace=False))
-
-
 def buffer_term(buffer: list[dict], spec: IloraSpec, collate, seed, fast: str):
     """The loss term of each micro-batch (see the module docstring)."""
     import torch
 
     def term(model, inputs, outputs):
-        rows = draw_buffer(
-            len(buffer), len(inputs["input_ids"]), seed[0], seed[1], inputs["input_ids"]
-        )
+        # seeded by the batch's tokens: a resumed job pairs each batch with the same rows
+        ids = inputs["input_ids"]
+        key = zlib.crc32(ids.detach().cpu().numpy().tobytes())
+        rows = seeded_rows(len(buffer), len(ids), *seed, key)
         batch = collate([buffer[i] for i in rows])
         device = inputs["input_ids"].device
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -178,15 +160,18 @@ def ema_callback(spec: IloraSpec, fast: str):
     from safetensors.torch import save_file
     from transformers import TrainerCallback
 
+    from promptcl.train.callbacks import checkpoint_dir
+
     class SlowLearner(TrainerCallback):
         def on_step_end(self, args, state, control, model=None, **kwargs):
             ema_update(model, fast, SLOW, spec.rate(state.global_step))
 
         def on_save(self, args, state, control, model=None, **kwargs):
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            folder = checkpoint_dir(args, state)
             if folder.is_dir():
                 tensors = {
-                    k: p.detach().cpu().contiguous() for k, p in lora_tensors(model, SLOW).items()
+                    k: p.detach().cpu().contiguous()
+                    for k, p in lora_parameters(model, SLOW).items()
                 }
                 save_file(tensors, str(folder / SLOW_STATE_FILE))
 
@@ -236,13 +221,13 @@ class ILoRA(SeqLoRA):
     def training_hooks(self, spec, model, tokenizer) -> TrainingHooks:
         from promptcl.model.batching import PadCollator
         from promptcl.model.modeling import adapter_name
-        from promptcl.train.trainer import latest_checkpoint
+        from promptcl.train.callbacks import resumed_file
 
         options = IloraSpec.from_config(spec.job.options["ilora"])
         fast = adapter_name(spec.stage)
-        resume = latest_checkpoint(spec.state_dir)
-        if resume and (Path(resume) / SLOW_STATE_FILE).is_file():
-            _load_slow(model, Path(resume) / SLOW_STATE_FILE)
+        saved = resumed_file(spec.state_dir, SLOW_STATE_FILE)
+        if saved:
+            _load_slow(model, saved)
         record = {"ilora": {"ema": options.ema, "consistency_weight": options.consistency_weight}}
         hooks = TrainingHooks(callbacks=[ema_callback(options, fast)], record=record)
         if not any(c["role"] == "replay" for c in spec.job.companions):
@@ -273,6 +258,6 @@ def _load_slow(model, path: Path) -> None:
 
     saved = load_file(str(path))
     with torch.no_grad():
-        for key, param in lora_tensors(model, SLOW).items():
+        for key, param in lora_parameters(model, SLOW).items():
             param.copy_(saved[key].to(param.dtype))
     log.warning("resumed the slow learner from %s", path)

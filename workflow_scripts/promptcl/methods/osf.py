@@ -191,7 +191,7 @@ class OSF(Method):
         osf: OsfSpec | None = None,
     ):
         """Stages 1..k-1 merged in order into the fp32 base (as ``load_state`` does), a new OSF
-        adapter on top (``osf``: PEFT's default half rank on the LoRA's modules when None); the
+        adapter on top (``osf``: the schema's defaults on the LoRA's modules when None); the
         frozen weights then rounded to ``precision`` and the SVD factors kept in fp32
         (autocast computes in ``precision``), as a LoRA's are."""
         from peft import get_peft_model
@@ -200,7 +200,11 @@ class OSF(Method):
         from promptcl.model.modeling import adapter_name, merge_chain
 
         self._check_previous(stage, previous)
-        osf = osf or OsfSpec(0.5, tuple(lora.target_modules))
+        if osf is None:  # the schema's defaults, on the LoRA's modules
+            from promptcl.train.specs import schema_defaults
+
+            default = OsfSpec.from_config(schema_defaults("osf"), stage)
+            osf = OsfSpec(default.effective_rank, tuple(lora.target_modules), default.learning_rate)
         base = merge_chain(_base(model_dir, "fp32", trust_remote_code, seed), previous)
         model = get_peft_model(base, osf.peft_config(), adapter_name=adapter_name(stage))
         dtype = torch_dtype(precision)

@@ -91,6 +91,13 @@ def replay_order(size: int, seed: int, task: str) -> list[int]:
     return [int(i) for i in rng.permutation(size)]
 
 
+def seeded_rows(size: int, n: int, *key: int) -> list[int]:
+    """``n`` of ``size`` rows (all when fewer) without replacement, sorted, from
+    ``default_rng(key)``: a memory batch that a resumed job and every DDP rank draw alike."""
+    rng = np.random.default_rng([int(k) for k in key])
+    return sorted(int(i) for i in rng.choice(size, size=min(n, size), replace=False))
+
+
 def replay_rows(size: int, count: int, seed: int, task: str) -> list[int]:
     """The first ``count`` rows of :func:`replay_order`, in table order: a stage's sample of an
     earlier task; a smaller ``count`` gives a subset of a larger one's."""

@@ -1,5 +1,6 @@
 """Training-loop callbacks a strategy can ask for without knowing the Trainer: an action run in
-eval mode every N optimiser steps, with the strategy's state saved into every checkpoint.
+eval mode every N optimiser steps, with the strategy's state saved into every checkpoint; and
+where a callback saves its state into a checkpoint and finds it again on resume.
 
 Torch-free at import: ``transformers`` is imported when a callback is built (strategies build
 theirs inside ``plan``, in the stage job, never when the DAG imports them).
@@ -36,8 +37,24 @@ def every_steps_in_eval(
                     model.train()
 
         def on_save(self, args, state_, control, **kwargs):
-            folder = Path(args.output_dir) / f"checkpoint-{state_.global_step}"
+            folder = checkpoint_dir(args, state_)
             if folder.is_dir():
                 (folder / state_file).write_text(state())
 
     return EveryStepsInEval()
+
+
+def checkpoint_dir(args, state) -> Path:
+    """The checkpoint folder the Trainer has just saved (in ``on_save``), where a callback
+    keeps the state it needs to resume."""
+    return Path(args.output_dir) / f"checkpoint-{state.global_step}"
+
+
+def resumed_file(state_dir: Path, name: str) -> Path | None:
+    """``name`` in the checkpoint a job resumes from (the newest in ``state_dir``), if it is
+    there: what a callback saved with :func:`checkpoint_dir`."""
+    from promptcl.train.trainer import latest_checkpoint
+
+    checkpoint = latest_checkpoint(Path(state_dir))
+    path = Path(checkpoint) / name if checkpoint else None
+    return path if path is not None and path.is_file() else None
